@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.11 on PATH as python3):
+#   make quickstart   # installs into .venv, trains AlignMixup on the bundled digits data
+#   make test         # installs into .venv, runs ruff and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= /tmp/alignmix_quickstart
+
+.PHONY: install test lint quickstart bench
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(PY) -m ruff check alignmix_jax experiments tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q tests
+
+quickstart: install
+	$(PY) -m alignmix_jax.main --config experiments/quickstart.py --workdir $(WORKDIR)
+
+bench: install
+	$(PY) benchmarks/bench_align_mix.py
