@@ -1,0 +1,308 @@
+"""Train and eval iterators: epoch-exact, deterministic given a seed, sharded across hosts.
+
+Batch `step` of the training stream is a pure function of (seed, step): epoch = step // steps per
+epoch takes a fresh permutation from (seed, epoch); the global batch is a contiguous slice of it;
+augmentation parameters for the global batch come from (seed, step); host `p` of `P` reads and
+augments only rows [p * host_batch, (p + 1) * host_batch). So resuming at a step needs no replay,
+and the hosts' batches put side by side equal the single-host batch. grain's `MapDataset` maps
+step numbers to batches in background threads, in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alignmix_jax.data import augment, sources
+from alignmix_jax.data.config import DataSpec, resolve_spec
+
+PERMUTATION_STREAM = 0
+AUGMENTATION_STREAM = 1
+MAX_STEPS = 2**62
+RECORD_THREADS = 16
+ARRAY_THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Shapes, sizes and normalisation of a dataset as the pipelines deliver it.
+
+    `image_shape` is (H, W, C) after preprocessing; `mean`/`std` are per channel on [0, 1].
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_train: int
+    num_eval: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    has_boxes: bool
+    class_names: tuple[str, ...]
+
+
+def get_dataset_info(data_config) -> DatasetInfo:
+    """The `DatasetInfo` of `config.data`; reads metadata only (prepares a tfds dataset once)."""
+    spec = resolve_spec(data_config)
+    meta = sources.dataset_metadata(spec)
+    sources.check_split(spec, spec.train_split, meta.split_sizes)
+    sources.check_split(spec, spec.eval_split, meta.split_sizes)
+    return DatasetInfo(
+        name=spec.name,
+        num_classes=len(meta.class_names),
+        image_shape=(spec.image_size, spec.image_size, meta.channels),
+        num_train=meta.split_sizes[spec.train_split],
+        num_eval=meta.split_sizes[spec.eval_split],
+        mean=meta.mean,
+        std=meta.std,
+        has_boxes=spec.defaults.has_boxes,
+        class_names=meta.class_names,
+    )
+
+
+def steps_per_epoch(data_config, global_batch_size: int) -> int:
+    """Full global batches per epoch of the training split (the remainder is dropped)."""
+    info = get_dataset_info(data_config)
+    _check_batch_size(global_batch_size, 1)
+    steps = info.num_train // global_batch_size
+    if steps == 0:
+        raise ValueError(
+            f"global_batch_size: {global_batch_size} exceeds the {info.num_train} training "
+            f"examples of {info.name!r}"
+        )
+    return steps
+
+
+def _check_batch_size(global_batch_size: int, process_count: int) -> None:
+    if not isinstance(global_batch_size, int | np.integer) or global_batch_size <= 0:
+        raise ValueError(f"global_batch_size: expected a positive int, got {global_batch_size!r}")
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size: {global_batch_size} is not divisible by process_count "
+            f"{process_count}"
+        )
+
+
+def _host_layout(global_batch_size, process_index, process_count) -> tuple[int, int, int]:
+    """(process_index, process_count, host_batch), defaulting to this JAX process."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index: expected 0 <= process_index < process_count={process_count}, got "
+            f"{process_index}"
+        )
+    _check_batch_size(global_batch_size, process_count)
+    return process_index, process_count, global_batch_size // process_count
+
+
+class _Normalizer:
+    """Maps images on the uint8 (or [0, 1] float) scale to (x - mean) / std, float32."""
+
+    def __init__(self, spec: DataSpec):
+        meta = sources.dataset_metadata(spec)
+        mean = np.asarray(meta.mean, np.float32)
+        self.std = np.asarray(meta.std, np.float32)
+        self.shift = -mean / self.std
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        unit_scale = np.float32(1.0 / 255.0) if images.dtype == np.uint8 else np.float32(1.0)
+        normalised = images.astype(np.float32)
+        normalised *= unit_scale / self.std
+        normalised += self.shift
+        return normalised
+
+
+def _preprocess(spec, source, normalize, images, params, boxes):
+    """Augments (per `params`; none when empty) and normalises one host batch.
+
+    `images` is (n, S, S, C) or, for variable-size sources, a list of (H_i, W_i, C); returns
+    (float32 (n, S, S, C), boxes (n, 4) moved with the test-time crop, or None).
+    """
+    size = spec.image_size
+    if params and spec.augment == "imagenet":
+        rows = [{key: value[k] for key, value in params.items()} for k in range(len(images))]
+        unit = [
+            augment.imagenet_train_transform(image, row, size)
+            for image, row in zip(images, rows, strict=True)
+        ]
+        return normalize(np.stack(unit)), None
+    if source.variable_size:
+        boxes = [None] * len(images) if boxes is None else boxes
+        pairs = [
+            augment.resize_shorter_center_crop(image, size, box)
+            for image, box in zip(images, boxes, strict=True)
+        ]
+        images = np.stack([image for image, _ in pairs])
+        boxes = None if pairs[0][1] is None else np.stack([box for _, box in pairs])
+    if params:
+        pad = augment.crop_padding(spec.augment, size)
+        images = augment.random_crop_flip(images, params["offset"], params["flip"], pad)
+    return normalize(images), boxes
+
+
+def _read_options(source) -> grain.ReadOptions:
+    threads = ARRAY_THREADS if isinstance(source, sources.ArraySource) else RECORD_THREADS
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+
+
+class _Permutations:
+    """Per-epoch permutations of `size` examples from (seed, epoch), the latest few cached."""
+
+    def __init__(self, seed: int, size: int):
+        self._seed, self._size = seed, size
+        self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch not in self._cache:
+                rng = np.random.default_rng([PERMUTATION_STREAM, self._seed, epoch])
+                self._cache[epoch] = rng.permutation(self._size)
+                for stale in [e for e in self._cache if e < epoch - 1]:
+                    del self._cache[stale]
+            return self._cache[epoch]
+
+
+def make_train_iterator(
+    data_config,
+    global_batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite training stream of host-local batches, starting at batch `start_step`.
+
+    Yields {"image": float32 (host_batch, H, W, C) normalised and augmented,
+    "label": int32 (host_batch,)}, host_batch = global_batch_size // process_count. Epoch-exact
+    (each epoch a fresh permutation from (seed, epoch), remainder dropped) and deterministic given
+    `seed`; host `process_index` reads only its disjoint share of each global batch.
+    """
+    spec = resolve_spec(data_config)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    if not isinstance(start_step, int | np.integer) or start_step < 0:
+        raise ValueError(f"start_step: expected a non-negative int, got {start_step!r}")
+    process_index, _, host_batch = _host_layout(global_batch_size, process_index, process_count)
+    num_steps = steps_per_epoch(data_config, global_batch_size)
+    source = sources.load_split(spec, spec.train_split)
+    normalize = _Normalizer(spec)
+    permutation = _Permutations(int(seed), len(source))
+    host_rows = slice(process_index * host_batch, (process_index + 1) * host_batch)
+
+    def batch_at(step: int) -> dict[str, np.ndarray]:
+        epoch, step_in_epoch = divmod(step, num_steps)
+        first = step_in_epoch * global_batch_size
+        indices = permutation(epoch)[first : first + global_batch_size][host_rows]
+        rng = np.random.default_rng([AUGMENTATION_STREAM, int(seed), step])
+        params = augment.draw_params(rng, spec.augment, global_batch_size, spec.image_size)
+        params = augment.slice_params(params, host_rows)
+        images, labels, _ = source.read(indices)
+        images, _ = _preprocess(spec, source, normalize, images, params, None)
+        return {"image": images, "label": labels}
+
+    stream = grain.MapDataset.range(int(start_step), MAX_STEPS).map(batch_at)
+    return iter(stream.to_iter_dataset(_read_options(source)))
+
+
+def make_eval_iterator(
+    data_config,
+    global_batch_size: int,
+    *,
+    split: str | None = None,
+    with_boxes: bool = False,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass over `split` (default `eval_split`), test-time preprocessing only.
+
+    Yields {"image": float32 (host_batch, H, W, C), "label": int32 (host_batch,), "mask": float32
+    (host_batch,) 1 real / 0 padding} and, with `with_boxes`, "bbox": float32 (host_batch, 4)
+    (ymin, xmin, ymax, xmax) on [0, 1] of the preprocessed image. The last global batch is padded.
+    """
+    spec = resolve_spec(data_config)
+    if with_boxes and not spec.defaults.has_boxes:
+        raise ValueError(
+            f"with_boxes: dataset {spec.name!r} has no bounding boxes; only "
+            "'caltech_birds2011' has them"
+        )
+    process_index, _, host_batch = _host_layout(global_batch_size, process_index, process_count)
+    source = sources.load_split(spec, split or spec.eval_split)
+    normalize = _Normalizer(spec)
+    num_examples = len(source)
+
+    def batch_at(batch: int) -> dict[str, Any]:
+        first = batch * global_batch_size + process_index * host_batch
+        positions = np.arange(first, first + host_batch)
+        real = positions < num_examples
+        images, labels, boxes = source.read(np.where(real, positions, 0))
+        images, boxes = _preprocess(spec, source, normalize, images, {}, boxes)
+        out = {"image": images, "label": labels, "mask": real.astype(np.float32)}
+        if with_boxes:
+            out["bbox"] = boxes
+        return out
+
+    num_batches = math.ceil(num_examples / global_batch_size)
+    stream = grain.MapDataset.range(num_batches).map(batch_at)
+    return iter(stream.to_iter_dataset(_read_options(source)))
+
+
+def prefetch_to_mesh(iterator, mesh: jax.sharding.Mesh, size: int = 2):
+    """Turns host-local batches {key: (host_batch, ...)} into global `jax.Array`s of shape
+    (global_batch, ...) sharded `NamedSharding(mesh, P("data"))`, `size` batches ahead."""
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"mesh: expected a 'data' axis, got axes {mesh.axis_names}")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size: expected a positive int, got {size!r}")
+    return _prefetch(iterator, NamedSharding(mesh, P("data")), size)
+
+
+def _prefetch(iterator, sharding: NamedSharding, size: int):
+    ready: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    finished = object()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for batch in iterator:
+                if stop.is_set():
+                    return
+                put({
+                    key: jax.make_array_from_process_local_data(sharding, value)
+                    for key, value in batch.items()
+                })
+            put(finished)
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while True:
+            item = ready.get()
+            if item is finished:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

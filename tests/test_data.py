@@ -1,0 +1,322 @@
+"""Input pipelines: determinism, epoch-exactness, host sharding, resumption, preprocessing, errors.
+
+Most tests use sklearn's digits or a small image folder written here whose pixels encode each
+image's id, so the examples a batch holds can be read back. The tests on the real Fashion-MNIST and
+CIFAR-10 copies skip when ../shared/data is absent.
+"""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from PIL import Image
+
+from alignmix_jax import data
+from alignmix_jax.data import augment, sources
+from alignmix_jax.data.config import resolve_spec
+
+ID_STEP = 4  # pixel value of image id k is ID_STEP * k
+NUM_TRAIN_PER_CLASS, NUM_TEST_PER_CLASS = 24, 5
+CACHE_DIR = os.path.expanduser("~/.cache/alignmix_jax")
+
+
+@pytest.fixture(scope="module")
+def id_folder(tmp_path_factory):
+    """An image folder of 8x8 grayscale PNGs, 2 classes; image id k has every pixel = 4 * k."""
+    root = tmp_path_factory.mktemp("id_folder")
+    image_id = 0
+    for split, per_class in (("train", NUM_TRAIN_PER_CLASS), ("test", NUM_TEST_PER_CLASS)):
+        for class_name in ("cat", "dog"):
+            (root / split / class_name).mkdir(parents=True)
+            for k in range(per_class):
+                pixels = np.full((8, 8), ID_STEP * image_id, np.uint8)
+                Image.fromarray(pixels).save(root / split / class_name / f"{k:03d}.png")
+                image_id += 1
+    return root
+
+
+def folder_config(root, **overrides):
+    fields = {"path": str(root), "image_size": 8, "cache_dir": str(root.parent / "cache")}
+    return data.default_data_config("image_folder", **(fields | overrides))
+
+
+def image_ids(batch, info):
+    """Reads the ids back from normalised images of the id folder (no augmentation)."""
+    pixels = (batch["image"][:, 0, 0, 0] * info.std[0] + info.mean[0]) * 255.0
+    return np.rint(pixels / ID_STEP).astype(int)
+
+
+def take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def test_digits_fixed_split_and_shapes():
+    config = data.default_data_config("digits")
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval, info.num_classes) == (1437, 360, 10)
+    assert info.image_shape == (32, 32, 1)
+    batches = list(data.make_eval_iterator(config, 100))
+    assert len(batches) == 4 and batches[0]["image"].shape == (100, 32, 32, 1)
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == 360 and mask[-40:].sum() == 0
+    from sklearn.datasets import load_digits
+
+    expected = load_digits().target[np.random.default_rng(0).permutation(1797)[1437:]]
+    labels = np.concatenate([b["label"] for b in batches])[:360]
+    np.testing.assert_array_equal(labels, expected)
+    pixels = np.concatenate([b["image"] for b in batches])[:360] * info.std[0] + info.mean[0]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.max() > 0.9
+
+
+def test_train_stream_is_deterministic_for_a_seed():
+    config = data.default_data_config("digits")
+    first = take(data.make_train_iterator(config, 64, seed=3), 3)
+    again = take(data.make_train_iterator(config, 64, seed=3), 3)
+    other = take(data.make_train_iterator(config, 64, seed=4), 3)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(first[0]["image"], other[0]["image"])
+    assert first[0]["image"].dtype == np.float32 and first[0]["label"].dtype == np.int32
+
+
+def test_resume_at_step_equals_uninterrupted_stream_across_epochs():
+    config = data.default_data_config("digits")
+    assert data.steps_per_epoch(config, 256) == 5
+    uninterrupted = take(data.make_train_iterator(config, 256, seed=7), 12)
+    resumed = take(data.make_train_iterator(config, 256, seed=7, start_step=4), 8)
+    for a, b in zip(uninterrupted[4:], resumed, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_epochs_are_exact_and_host_shares_disjoint_and_covering(id_folder):
+    config = folder_config(id_folder, augment="none")
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval, info.class_names) == (48, 10, ("cat", "dog"))
+    hosts = [
+        take(data.make_train_iterator(config, 16, seed=0, process_index=p, process_count=2), 6)
+        for p in range(2)
+    ]
+    for epoch in range(2):
+        shares = [
+            np.concatenate([image_ids(b, info) for b in hosts[p][3 * epoch : 3 * epoch + 3]])
+            for p in range(2)
+        ]
+        assert len(shares[0]) == len(shares[1]) == 24
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(np.concatenate(shares)) == list(range(48))
+    first_epoch = np.concatenate([image_ids(b, info) for b in hosts[0][:3]])
+    second_epoch = np.concatenate([image_ids(b, info) for b in hosts[0][3:]])
+    assert not np.array_equal(first_epoch, second_epoch)
+    labels = np.concatenate([b["label"] for b in hosts[0]])
+    ids = np.concatenate([image_ids(b, info) for b in hosts[0]])
+    np.testing.assert_array_equal(labels, ids >= NUM_TRAIN_PER_CLASS)
+
+
+def test_host_batches_side_by_side_equal_the_single_host_batch(id_folder):
+    config = folder_config(id_folder, augment="cifar")
+    single = take(data.make_train_iterator(config, 16, seed=5, process_count=1, process_index=0), 4)
+    halves = [
+        take(data.make_train_iterator(config, 16, seed=5, process_index=p, process_count=2), 4)
+        for p in range(2)
+    ]
+    for step in range(4):
+        for key in ("image", "label"):
+            joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
+            np.testing.assert_array_equal(joined, single[step][key])
+    padded_zeros = np.isclose(single[0]["image"], single[0]["image"].min()).any(axis=(1, 2, 3))
+    assert padded_zeros.any()  # some crops reach into the zero padding
+
+
+def test_eval_pass_pads_last_batch_and_splits_hosts(id_folder):
+    config = folder_config(id_folder)
+    info = data.get_dataset_info(config)
+    seen = []
+    for p in range(2):
+        batches = list(data.make_eval_iterator(config, 4, process_index=p, process_count=2))
+        assert len(batches) == 3 and all(b["image"].shape == (2, 8, 8, 1) for b in batches)
+        for batch in batches:
+            seen += list(image_ids(batch, info)[batch["mask"] == 1])
+    assert sorted(seen) == list(range(48, 58))
+    train_pass = list(data.make_eval_iterator(config, 48, split="train"))
+    assert list(image_ids(train_pass[0], info)) == list(range(48))
+
+
+def test_random_crop_flip_matches_explicit_slicing():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 10, 12, 3), dtype=np.uint8)
+    offset = rng.integers(0, 9, size=(6, 2))
+    flip = np.array([True, False, True, False, True, False])
+    out = augment.random_crop_flip(images, offset, flip, pad=4)
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for k in range(6):
+        window = padded[k, offset[k, 0] : offset[k, 0] + 10, offset[k, 1] : offset[k, 1] + 12]
+        np.testing.assert_array_equal(out[k], window[:, ::-1] if flip[k] else window)
+
+
+def test_test_time_resize_crop_moves_the_box_with_the_object():
+    image = np.zeros((300, 200, 3), np.uint8)
+    image[90:210, 40:120] = 255  # the object: rows 90..210, cols 40..120
+    box = np.array([90 / 300, 40 / 200, 210 / 300, 120 / 200], np.float32)
+    out, moved = augment.resize_shorter_center_crop(image, 224, box)
+    assert out.shape == (224, 224, 3)
+    rows = np.nonzero(out[..., 0].max(axis=1) > 127)[0]
+    cols = np.nonzero(out[..., 0].max(axis=0) > 127)[0]
+    found = np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]) / 224
+    np.testing.assert_allclose(moved, found, atol=2 / 224)
+
+
+def test_imagenet_augmentation_is_deterministic_and_bounded(id_folder):
+    config = folder_config(id_folder, augment="imagenet")
+    first = next(data.make_train_iterator(config, 8, seed=2))
+    again = next(data.make_train_iterator(config, 8, seed=2))
+    np.testing.assert_array_equal(first["image"], again["image"])
+    assert first["image"].shape == (8, 8, 8, 1) and np.isfinite(first["image"]).all()
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    params = augment.draw_params(np.random.default_rng(3), "imagenet", 1, 24)
+    row = {key: value[0] for key, value in params.items()}
+    out = augment.imagenet_train_transform(rgb, row, 24)
+    assert out.shape == (24, 24, 3) and out.dtype == np.float32
+    assert -0.2 < out.min() and out.max() < 1.2  # jitter is clipped to [0, 1], lighting is small
+
+
+def test_bad_inputs_raise_clear_errors(id_folder, tmp_path):
+    digits = data.default_data_config("digits")
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        data.get_dataset_info({"name": "mnist"})
+    with pytest.raises(ValueError, match=r"'valid'.*available: \['test', 'train'\]"):
+        data.make_eval_iterator(digits, 10, split="valid")
+    with pytest.raises(ValueError, match="with_boxes: dataset 'digits' has no bounding boxes"):
+        data.make_eval_iterator(digits, 10, with_boxes=True)
+    with pytest.raises(ValueError, match="not divisible by process_count 3"):
+        data.make_train_iterator(digits, 64, seed=0, process_index=0, process_count=3)
+    with pytest.raises(ValueError, match="exceeds the 1437 training examples"):
+        data.steps_per_epoch(digits, 2048)
+    with pytest.raises(ValueError, match="data.augment"):
+        data.get_dataset_info(data.default_data_config("digits", augment="mixup"))
+    missing = str(tmp_path / "no_such_folder")
+    with pytest.raises(data.DataUnavailableError, match="no_such_folder.*does not exist"):
+        data.get_dataset_info(folder_config(id_folder, path=missing))
+
+
+def test_missing_tfds_dataset_names_the_files_and_where_to_put_them(tmp_path):
+    empty = tmp_path / "manual"
+    empty.mkdir()
+    config = data.default_data_config(
+        "fashion_mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(empty)
+    )
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.get_dataset_info(config)
+    message = str(error.value)
+    for needed in ("'fashion_mnist'", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert needed in message
+    assert str(empty) in message and "data.manual_dir" in message
+
+
+def write_fake_tiny_imagenet(root, wnids=("n01", "n02", "n03")):
+    """A tiny-imagenet-200 folder: 4 train JPEGs per class, 2 grayscale val JPEGs per class;
+    every image of class c is a flat colour."""
+    root = root / "tiny-imagenet-200"
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("".join(f"{w}\tthing {w}\n" for w in wnids))
+    annotations = []
+    for label, wnid in enumerate(wnids):
+        colour = np.full((64, 64, 3), 60 * (label + 1), np.uint8)
+        (root / "train" / wnid / "images").mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(colour).save(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG")
+        for k in range(2):
+            name = f"val_{label}_{k}.JPEG"
+            Image.fromarray(colour[..., 0]).save(root / "val" / "images" / name)
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
+    (root / "val" / "val_annotations.txt").write_text("".join(annotations))
+
+
+def test_tiny_imagenet_builder_reads_the_official_layout(tmp_path):
+    write_fake_tiny_imagenet(tmp_path / "download")
+    config = data.default_data_config(
+        "tiny_imagenet", path=str(tmp_path / "download"), data_dir=str(tmp_path / "tfds")
+    )
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval) == (12, 6)
+    assert info.class_names == ("n01", "n02", "n03") and info.image_shape == (64, 64, 3)
+    (batch,) = list(data.make_eval_iterator(config, 6))
+    grey = (batch["image"][:, 32, 32] * np.array(info.std) + np.array(info.mean)) * 255
+    expected = np.repeat(60 * (batch["label"][:, None] + 1), 3, axis=1)
+    np.testing.assert_allclose(grey, expected, atol=3)
+    train = next(data.make_train_iterator(config, 12, seed=0))
+    assert train["image"].shape == (12, 64, 64, 3)
+    assert sorted(np.bincount(train["label"])) == [4, 4, 4]
+
+
+def test_missing_tiny_imagenet_folder_says_what_to_download(tmp_path):
+    config = data.default_data_config(
+        "tiny_imagenet", path=str(tmp_path / "nothing"), data_dir=str(tmp_path / "tfds")
+    )
+    with pytest.raises(data.DataUnavailableError, match="tiny-imagenet-200.zip"):
+        data.get_dataset_info(config)
+
+
+def test_prefetch_to_mesh_shards_the_batch_over_devices():
+    devices = np.array(jax.devices())
+    mesh = Mesh(devices, ("data",))
+    config = data.default_data_config("digits")
+    host_batches = take(data.make_train_iterator(config, 16, seed=0), 3)
+    fed = list(data.prefetch_to_mesh(iter(host_batches), mesh, size=2))
+    assert len(fed) == 3
+    for host, device in zip(host_batches, fed, strict=True):
+        assert device["image"].shape == (16, 32, 32, 1)
+        assert device["image"].sharding.spec == jax.sharding.PartitionSpec("data")
+        assert len(device["image"].addressable_shards) == len(devices)
+        np.testing.assert_array_equal(np.asarray(device["image"]), host["image"])
+        np.testing.assert_array_equal(np.asarray(device["label"]), host["label"])
+    with pytest.raises(ValueError, match="'data' axis"):
+        data.prefetch_to_mesh(iter(host_batches), Mesh(devices, ("model",)))
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_config(shared_data):
+    """Fashion-MNIST prepared once from the local files into the persistent cache."""
+    return data.default_data_config(
+        "fashion_mnist",
+        manual_dir=str(shared_data / "fashion_mnist"),
+        data_dir=os.path.join(CACHE_DIR, "tfds"),
+    )
+
+
+def test_fashion_mnist_from_manual_dir(fashion_mnist_config):
+    info = data.get_dataset_info(fashion_mnist_config)
+    assert (info.num_train, info.num_eval, info.image_shape) == (60_000, 10_000, (28, 28, 1))
+    assert data.steps_per_epoch(fashion_mnist_config, 2000) == 30
+    stream = data.make_train_iterator(fashion_mnist_config, 2000, seed=0)
+    train_labels = np.concatenate([b["label"] for b in take(stream, 30)])
+    np.testing.assert_array_equal(np.bincount(train_labels), [6000] * 10)
+    eval_batches = list(data.make_eval_iterator(fashion_mnist_config, 3000))
+    labels = np.concatenate([b["label"][b["mask"] == 1] for b in eval_batches])
+    np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+
+
+def test_cifar10_jpeg_archive(shared_data):
+    archive = shared_data / "cifar10_jpg" / "CIFAR-10-images.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} not found")
+    config = data.default_data_config("image_folder", path=str(archive), cache_dir=CACHE_DIR)
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval, info.image_shape) == (50_000, 10_000, (32, 32, 3))
+    assert info.class_names[:3] == ("airplane", "automobile", "bird")
+    counts = np.zeros(10, int)
+    for batch in data.make_eval_iterator(config, 10_000, split="train"):
+        counts += np.bincount(batch["label"], minlength=10)
+    np.testing.assert_array_equal(counts, [5000] * 10)
+    np.testing.assert_allclose(info.mean, data.DATASETS["cifar10"].mean, atol=3e-3)
+    first = next(data.make_eval_iterator(config, 500))
+    assert np.bincount(first["label"], minlength=10)[0] == 500  # sorted: airplanes first
+    airplanes = os.path.join(sources.image_folder_root(resolve_spec(config)), "test", "airplane")
+    with Image.open(os.path.join(airplanes, sorted(os.listdir(airplanes))[0])) as image:
+        decoded = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    expected = (decoded - np.array(info.mean)) / np.array(info.std)
+    np.testing.assert_allclose(first["image"][0], expected, atol=1e-5)
