@@ -1,0 +1,80 @@
+"""The classifiers AlignMix trains, all with one interface (see `StagedClassifier.__call__`).
+
+    model = build_model({"name": "preact_resnet18"}, num_classes=10)
+    variables = model.init(key, images)                      # always the full model, an image
+    logits, feats = model.apply(variables, images)           # feats["stem"], ..., ["pre_logits"]
+    last, _ = model.apply(variables, images, stop_at=model.stage_names[-1])
+    logits, _ = model.apply(variables, mixed_last, start_at=model.stage_names[-1])
+
+`build_model` kwargs per name (besides num_classes, axis_name, dtype, which are its arguments):
+  "preact_resnet18": stage_sizes (default (2, 2, 2, 2)), base_width (64).
+  "wide_resnet": depth (16; 6n + 4), widen_factor (8).
+  "resnet50": stage_sizes (default (3, 4, 6, 3)), base_width (64).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from alignmix_jax.models.common import StagedClassifier
+from alignmix_jax.models.preact_resnet import PreActResNet, PreActResNet18
+from alignmix_jax.models.resnet import ResNet, ResNet50
+from alignmix_jax.models.wide_resnet import WideResNet
+
+__all__ = [
+    "MODEL_KWARGS",
+    "PreActResNet",
+    "PreActResNet18",
+    "ResNet",
+    "ResNet50",
+    "StagedClassifier",
+    "WideResNet",
+    "build_model",
+]
+
+MODEL_CLASSES = {
+    "preact_resnet18": PreActResNet18,
+    "wide_resnet": WideResNet,
+    "resnet50": ResNet50,
+}
+
+MODEL_KWARGS = {
+    "preact_resnet18": ("stage_sizes", "base_width"),
+    "wide_resnet": ("depth", "widen_factor"),
+    "resnet50": ("stage_sizes", "base_width"),
+}
+"""The config keys (besides "name") each model accepts."""
+
+
+def build_model(
+    model_config: Mapping[str, Any],
+    num_classes: int,
+    *,
+    axis_name: str | None = None,
+    dtype: Any = jnp.float32,
+) -> StagedClassifier:
+    """The model named by `model_config["name"]`, built with the config's other keys as kwargs.
+
+    Args:
+      model_config: ml_collections ConfigDict or dict, {"name": one of MODEL_KWARGS, **kwargs}
+        with kwargs from MODEL_KWARGS[name] (lists are turned into tuples).
+      num_classes: number of logits.
+      axis_name: BatchNorm sync axis (e.g. "data" inside `jax.shard_map`), or None.
+      dtype: compute dtype; parameters stay float32.
+
+    Raises:
+      ValueError: missing or unknown name, an unknown kwarg, or a bad value.
+    """
+    config = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+    name = config.pop("name", None)
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"model_config.name must be one of {tuple(MODEL_CLASSES)}, got {name!r}")
+    unknown = sorted(set(config) - set(MODEL_KWARGS[name]))
+    if unknown:
+        raise ValueError(
+            f"model_config for {name!r} got unknown keys {unknown}; "
+            f"allowed: {MODEL_KWARGS[name]} (num_classes, axis_name, dtype are arguments)"
+        )
+    kwargs = {key: tuple(val) if isinstance(val, list) else val for key, val in config.items()}
+    return MODEL_CLASSES[name](num_classes=num_classes, axis_name=axis_name, dtype=dtype, **kwargs)

@@ -1,0 +1,245 @@
+"""Pieces shared by every model: PyTorch-default initialisers, BatchNorm, the linear head, a
+stage of residual blocks, and `StagedClassifier`, the base class that runs any slice of stages.
+
+Every model is a sequence of named stages, `stage_names = ("input", "stem", "stage1", ...,
+"stageK")`. Stage k maps the output of stage k-1 to its own output; "input" is the image. After
+the last stage comes global average pooling ("pre_logits") and the linear head. A forward pass can
+start at any named point (x is then that point's output) and stop at any later one, so a trainer can
+mix images, any intermediate map or the last map without computing anything twice.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+"""He-normal, fan-out: PyTorch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`."""
+
+
+def symmetric_uniform(bound: float) -> Callable[..., Array]:
+    """Initializer drawing every entry from uniform(-bound, bound), for any shape."""
+
+    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv(
+    features: int,
+    kernel_size: int,
+    strides: int = 1,
+    *,
+    use_bias: bool = False,
+    dtype: Any = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """A square PyTorch-style conv: symmetric padding (kernel_size - 1) // 2, He-normal fan-out
+    kernel, zero bias. Maps (B, H, W, C_in) to (B, ceil(H / strides), ceil(W / strides), features)
+    for odd kernel sizes."""
+    pad = (kernel_size - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def batch_norm(
+    train: bool, axis_name: str | None, dtype: Any, name: str | None = None
+) -> nn.BatchNorm:
+    """BatchNorm over the last axis with PyTorch's defaults (running-average momentum 0.1, i.e.
+    flax momentum 0.9; epsilon 1e-5; scale 1, bias 0). In train mode it normalises with the batch
+    statistics (synced over `axis_name` when given) and updates `batch_stats`; in eval mode it uses
+    the running averages. The running variance takes the biased batch variance (PyTorch: unbiased,
+    a factor n / (n - 1) apart). Shape-preserving, (..., C)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        axis_name=axis_name,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def torch_linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+    """Linear layer (B, fan_in) -> (B, features) initialised as PyTorch's `nn.Linear`: kernel and
+    bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    init = symmetric_uniform(1.0 / fan_in**0.5)
+    return nn.Dense(features, kernel_init=init, bias_init=init, dtype=dtype, name=name)
+
+
+class Stage(nn.Module):
+    """`num_blocks` residual blocks of class `block`, the first one with stride `strides`, then
+    optionally a final BatchNorm-ReLU. Blocks are modules built as
+    `block(features=, strides=, axis_name=, dtype=)` and called as `block(x, train)`.
+    Maps (B, H, W, C_in) to (B, H / strides, W / strides, C_out), C_out set by the block."""
+
+    block: Callable[..., nn.Module]
+    num_blocks: int
+    features: int
+    strides: int
+    final_bn_relu: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        """(B, H, W, C_in) -> (B, H / strides, W / strides, C_out)."""
+        for index in range(self.num_blocks):
+            x = self.block(
+                features=self.features,
+                strides=self.strides if index == 0 else 1,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                name=f"block{index + 1}",
+            )(x, train)
+        if self.final_bn_relu:
+            x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="final_bn")(x))
+        return x
+
+
+def stage_point_names(num_stages: int) -> tuple[str, ...]:
+    """("input", "stem", "stage1", ..., "stage{num_stages}")."""
+    return ("input", "stem") + tuple(f"stage{k}" for k in range(1, num_stages + 1))
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise ValueError unless `value` is a positive Python int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_stage_sizes(stage_sizes: Any) -> None:
+    """Raise ValueError unless `stage_sizes` is a non-empty sequence of positive ints."""
+    if not isinstance(stage_sizes, Sequence) or isinstance(stage_sizes, str) or not stage_sizes:
+        raise ValueError(
+            f"stage_sizes must be a non-empty sequence of positive ints, got {stage_sizes!r}"
+        )
+    for size in stage_sizes:
+        check_positive_int("each entry of stage_sizes", size)
+
+
+class StagedClassifier(nn.Module):
+    """Base class of the models: a stem, stages, global average pooling and a linear head, any
+    slice of which can be run. Subclasses define `stage_names`, `stage_channels` and
+    `build_stages()`.
+
+    Attributes:
+      num_classes: number of logits.
+      axis_name: mapped axis over which BatchNorm statistics are averaged (e.g. "data" inside
+        `jax.shard_map`), or None for per-device statistics.
+      dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics stay float32
+        and logits are returned in float32.
+    """
+
+    num_classes: int = 10
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The points where features can be mixed: ("input", "stem", "stage1", ..., "stageK")."""
+        raise NotImplementedError
+
+    @property
+    def stage_channels(self) -> dict[str, int]:
+        """Channels of the output of each stage, {"stem": C0, "stage1": C1, ...}."""
+        raise NotImplementedError
+
+    def build_stages(self) -> list[nn.Module]:
+        """The stage modules in order (named as `stage_names[1:]`), each called as `m(h, train)`."""
+        raise NotImplementedError
+
+    def _slice_indices(self, start_at: str, stop_at: str | None) -> tuple[int, int]:
+        """Positions of `start_at` and `stop_at` in `stage_names` (stop_at=None: one past the
+        end, meaning "through the head")."""
+        names = self.stage_names
+        if start_at not in names:
+            raise ValueError(f"start_at must be one of {names}, got {start_at!r}")
+        if stop_at is not None and stop_at not in names:
+            raise ValueError(f"stop_at must be None or one of {names}, got {stop_at!r}")
+        start = names.index(start_at)
+        stop = len(names) if stop_at is None else names.index(stop_at)
+        if start >= stop:
+            raise ValueError(
+                f"start_at must come before stop_at in {names}, "
+                f"got start_at={start_at!r}, stop_at={stop_at!r}"
+            )
+        return start, stop
+
+    def _check_input(self, x: Array, start_at: str) -> None:
+        """Raise ValueError unless `x` is a float NHWC array fit to enter at `start_at`."""
+        if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"x must be a float array (B, H, W, C), got dtype {x.dtype} shape {x.shape}"
+            )
+        if start_at != "input":
+            channels = self.stage_channels[start_at]
+            if x.shape[-1] != channels:
+                raise ValueError(
+                    f"x for start_at={start_at!r} must have {channels} channels "
+                    f"(B, H, W, {channels}), got shape {x.shape}"
+                )
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        train: bool = False,
+        start_at: str = "input",
+        stop_at: str | None = None,
+    ) -> tuple[Array, dict[str, Array]]:
+        """Run the stages after `start_at` up to and including `stop_at` (the head when None).
+
+        Args:
+          x: (B, H, W, C) float. With start_at="input" the image (any number of channels C);
+            otherwise the output of stage `start_at`, (B, h, w, stage_channels[start_at]).
+          train: batch statistics in BatchNorm (and, with mutable=["batch_stats"], their update)
+            when True; running averages when False.
+          start_at: a name in `stage_names`: where x enters.
+          stop_at: None (run through the head) or a name in `stage_names` after `start_at`.
+
+        Returns:
+          stop_at=None: (logits (B, num_classes) float32, intermediates) with intermediates the
+            outputs of the stages after `start_at`, {"stage_k": (B, h_k, w_k, C_k), ...,
+            "pre_logits": (B, C_K)} (full forward: "stem", "stage1", ..., "stageK", "pre_logits").
+          stop_at=name: (output of stage `name` (B, h, w, C), intermediates of the stages after
+            `start_at` up to and including `name`).
+          The intermediates of `stop_at=k` and of `start_at=k` together are those of the full
+          forward, and chaining the two equals it.
+
+        Raises:
+          ValueError: unknown `start_at`/`stop_at`, `start_at` not before `stop_at`, or `x` not a
+            float (B, H, W, C) array with the channels expected at `start_at`.
+        """
+        start, stop = self._slice_indices(start_at, stop_at)
+        self._check_input(x, start_at)
+        names = self.stage_names
+        stages = self.build_stages()
+        h = jnp.asarray(x, self.dtype)
+        intermediates = {}
+        for index in range(start + 1, min(stop, len(names) - 1) + 1):
+            h = stages[index - 1](h, train)
+            intermediates[names[index]] = h
+        if stop_at is not None:
+            return h, intermediates
+        pooled = jnp.mean(h, axis=(1, 2))
+        intermediates["pre_logits"] = pooled
+        head = torch_linear(self.num_classes, pooled.shape[-1], self.dtype, name="head")
+        logits = head(pooled)
+        return logits.astype(jnp.float32), intermediates

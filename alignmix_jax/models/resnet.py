@@ -1,0 +1,129 @@
+"""ResNet with bottleneck blocks for ImageNet, in torchvision's layout (ResNet-50 by default).
+
+7x7/2 stem conv (no bias) -> BatchNorm -> ReLU -> 3x3/2 max-pool (padding 1), all part of "stem";
+stages of bottleneck blocks (1x1, 3x3 with the stride, 1x1 to 4x the width; no conv biases) of
+widths base_width * 2**k and strides 1, 2, 2, ...; a 1x1 conv + BatchNorm downsample shortcut where
+the shape changes; global average pooling; linear head. At 224x224 input ResNet-50's last map
+("stage4") is (B, 7, 7, 2048).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alignmix_jax.models.common import (
+    Stage,
+    StagedClassifier,
+    batch_norm,
+    check_positive_int,
+    check_stage_sizes,
+    conv,
+    stage_point_names,
+)
+
+Array = jax.Array
+
+EXPANSION = 4
+
+
+class Bottleneck(nn.Module):
+    """torchvision bottleneck: 1x1 conv-BN-ReLU, 3x3 conv (stride)-BN-ReLU, 1x1 conv to
+    4 * features-BN, plus the shortcut (identity, or 1x1 conv (stride)-BN), then ReLU.
+    Maps (B, H, W, C_in) to (B, H / strides, W / strides, 4 * features)."""
+
+    features: int
+    strides: int = 1
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        """(B, H, W, C_in) -> (B, H / strides, W / strides, 4 * features)."""
+        out_features = self.features * EXPANSION
+        out = conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn1")(out))
+        out = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv2")(out)
+        out = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn2")(out))
+        out = conv(out_features, 1, dtype=self.dtype, name="conv3")(out)
+        out = batch_norm(train, self.axis_name, self.dtype, name="bn3")(out)
+        if self.strides != 1 or x.shape[-1] != out_features:
+            x = conv(out_features, 1, self.strides, dtype=self.dtype, name="downsample_conv")(x)
+            x = batch_norm(train, self.axis_name, self.dtype, name="downsample_bn")(x)
+        return nn.relu(out + x)
+
+
+class ResNetStem(nn.Module):
+    """7x7/2 conv (no bias) -> BatchNorm -> ReLU -> 3x3/2 max-pool with padding 1:
+    (B, H, W, C) -> (B, H / 4, W / 4, features) (rounded up, as in torchvision)."""
+
+    features: int
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        """(B, H, W, C) -> (B, H / 4, W / 4, features)."""
+        x = conv(self.features, 7, 2, dtype=self.dtype, name="conv")(x)
+        x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn")(x))
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ResNet(StagedClassifier):
+    """Bottleneck ResNet (torchvision layout); the defaults are ResNet-50 for 1000 classes.
+
+    Attributes (besides num_classes, axis_name, dtype of `StagedClassifier`):
+      stage_sizes: bottleneck blocks per stage; (3, 4, 6, 3) is ResNet-50, (1, 1) a tiny variant.
+      base_width: channels of the stem and the bottleneck width of the first stage; stage k has
+        bottleneck width base_width * 2**(k-1) and output 4 * base_width * 2**(k-1) channels.
+
+    Stage outputs at an H x W input: "stem" (B, H/4, W/4, base_width), "stage{k}"
+    (B, H / 2**(k+1), W / 2**(k+1), 4 * base_width * 2**(k-1)); the last map is the last stage's
+    output. 25,557,032 parameters for ResNet-50 with 1000 classes.
+    """
+
+    num_classes: int = 1000
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    base_width: int = 64
+
+    def __post_init__(self) -> None:
+        check_positive_int("num_classes", self.num_classes)
+        check_stage_sizes(self.stage_sizes)
+        check_positive_int("base_width", self.base_width)
+        super().__post_init__()
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """("input", "stem", "stage1", ..., "stage{len(stage_sizes)}")."""
+        return stage_point_names(len(self.stage_sizes))
+
+    @property
+    def stage_channels(self) -> dict[str, int]:
+        """{"stem": base_width, "stage{k}": 4 * base_width * 2**(k-1)}."""
+        widths = {"stem": self.base_width}
+        for k in range(1, len(self.stage_sizes) + 1):
+            widths[f"stage{k}"] = EXPANSION * self.base_width * 2 ** (k - 1)
+        return widths
+
+    def build_stages(self) -> list[nn.Module]:
+        """The stem and the bottleneck stages, named as `stage_names[1:]`."""
+        stages = [ResNetStem(self.base_width, self.axis_name, self.dtype, name="stem")]
+        for index, num_blocks in enumerate(self.stage_sizes):
+            stages.append(
+                Stage(
+                    Bottleneck,
+                    num_blocks,
+                    self.base_width * 2**index,
+                    strides=1 if index == 0 else 2,
+                    axis_name=self.axis_name,
+                    dtype=self.dtype,
+                    name=f"stage{index + 1}",
+                )
+            )
+        return stages
+
+
+ResNet50 = ResNet
+"""ResNet-50: `ResNet` with its default stage_sizes (3, 4, 6, 3), base_width 64, 1000 classes."""
