@@ -1,0 +1,270 @@
+"""Entropic optimal-transport alignment of feature maps (ott-jax Sinkhorn) and AlignMix.
+
+Features are sets of positions: a `(B, H, W, C)` map is `r = H * W` positions of `C` channels, a
+`(B, N, C)` token sequence is `r = N` positions. The cost between two sets is the raw squared
+Euclidean distance, evaluated in the GEMM form `||a||^2 + ||b||^2 - 2 a.b` (ott's `PointCloud`
+with `SqEuclidean`), never as a `(B, r, s, C)` broadcast.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ott.geometry import costs, pointcloud
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn
+
+from alignmix_jax import _checks
+
+_MAX_CHECK_INTERVAL = 10
+
+
+def _check_interval(num_iters: int) -> int:
+    """Largest divisor of `num_iters` not above 10: how often early stopping tests convergence."""
+    return max(d for d in range(1, min(num_iters, _MAX_CHECK_INTERVAL) + 1) if num_iters % d == 0)
+
+
+def _solver(num_iters: int, threshold) -> sinkhorn.Sinkhorn:
+    """An ott log-domain Sinkhorn running exactly `num_iters` updates, or early-stopping ones.
+
+    Fixed mode (`threshold is None`): `min_iterations == max_iterations == inner_iterations`, so
+    ott runs a single `lax.scan` of exactly `num_iters` updates and evaluates the marginal error
+    once, after the last. Early-stop mode: the error is tested every `_check_interval(num_iters)`
+    updates (a divisor of `num_iters`, so the cap is exact) inside a `while_loop`.
+    """
+    if threshold is None:
+        return sinkhorn.Sinkhorn(
+            lse_mode=True,
+            inner_iterations=num_iters,
+            min_iterations=num_iters,
+            max_iterations=num_iters,
+            implicit_diff=None,
+        )
+    return sinkhorn.Sinkhorn(
+        lse_mode=True,
+        threshold=threshold,
+        inner_iterations=_check_interval(num_iters),
+        min_iterations=0,
+        max_iterations=num_iters,
+        implicit_diff=None,
+    )
+
+
+def _single_plan(x, y, epsilon, scale_cost, solver):
+    """Plan `(r, s)` between positions `x (r, c)` and `y (s, c)`, rows summing to exactly 1/r."""
+    geom = pointcloud.PointCloud(
+        x, y, cost_fn=costs.SqEuclidean(), epsilon=epsilon, scale_cost=scale_cost
+    )
+    output = solver(linear_problem.LinearProblem(geom))
+    # ott's plan is exp((f + g - C) / eps), and its last update sets f = -eps * log-sum-exp over
+    # rows of (g - C) / eps, so the plan equals a row softmax of (g - C) / eps scaled by 1/r.
+    # The softmax form keeps rows summing to 1/r in float32 even when C / eps is ~1e7.
+    logits = (output.g[None, :] - geom.cost_matrix) / geom.epsilon
+    return jax.nn.softmax(logits, axis=-1) / x.shape[0]
+
+
+def _outside_vma_checked_shard_map(*arrays) -> None:
+    """Raise a clear error for inputs of a `jax.shard_map` that runs with `check_vma=True`.
+
+    ott-jax 0.6.0's Sinkhorn has a `lax.cond` whose branches differ in their varying mesh axes,
+    which `check_vma=True` rejects with a type error; `check_vma=False` runs it per device.
+    """
+    for array in arrays:
+        varying = jax.typeof(array).manual_axis_type.varying
+        if varying:
+            raise ValueError(
+                f"features vary over the shard_map axes {sorted(varying)} under check_vma=True; "
+                "ott-jax's Sinkhorn needs jax.shard_map(..., check_vma=False)"
+            )
+
+
+def _position_sets(a, b):
+    """`a (..., r, c)` and `b (..., s, c)` as arrays, checked to share leading dims and c."""
+    a = _checks.as_array(a, "a")
+    b = _checks.as_array(b, "b")
+    _checks.min_rank(a, "a", 2, "(..., r, c)")
+    _checks.min_rank(b, "b", 2, "(..., s, c)")
+    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            "a (..., r, c) and b (..., s, c) must share leading dimensions and channels c, got "
+            f"a {a.shape} and b {b.shape}"
+        )
+    return a, b
+
+
+def _validated_options(epsilon, num_iters, threshold, scale_cost):
+    epsilon = _checks.positive_scalar(epsilon, "epsilon")
+    num_iters = _checks.static_int(num_iters, "num_iters", minimum=1)
+    if threshold is not None:
+        threshold = _checks.positive_scalar(threshold, "threshold")
+    scale_cost = _checks.scale_cost_option(scale_cost)
+    return epsilon, num_iters, threshold, scale_cost
+
+
+def _plan(x, y, epsilon, num_iters, threshold, scale_cost):
+    """Plans `(n, r, s)` between float32 `x (n, r, c)` and `y (n, s, c)`, one ott problem each."""
+    solver = _solver(num_iters, threshold)
+    plan_fn = jax.vmap(lambda xi, yi: _single_plan(xi, yi, epsilon, scale_cost, solver))
+    return plan_fn(jax.lax.stop_gradient(x), jax.lax.stop_gradient(y))
+
+
+@functools.partial(jax.jit, static_argnames=("num_iters", "scale_cost"))
+def _plan_batched(a, b, epsilon, threshold, *, num_iters, scale_cost):
+    """`sinkhorn_plan` on validated inputs `a (..., r, c)`, `b (..., s, c)` -> `(..., r, s)`."""
+    lead, (r, c), s = a.shape[:-2], a.shape[-2:], b.shape[-2]
+    x = a.reshape((-1, r, c)).astype(jnp.float32)
+    y = b.reshape((-1, s, c)).astype(jnp.float32)
+    return _plan(x, y, epsilon, num_iters, threshold, scale_cost).reshape(lead + (r, s))
+
+
+def sinkhorn_plan(a, b, *, epsilon=0.1, num_iters=100, threshold=None, scale_cost=1.0):
+    """Entropic OT plan between the positions of `a` and `b`, stop-gradient, float32.
+
+    Args:
+      a: `(..., r, c)` features, r positions of c channels (any float dtype; computed in float32).
+      b: `(..., s, c)` features with the same leading dimensions and channels as `a`.
+      epsilon: entropic regularisation, absolute on the raw squared-Euclidean cost (> 0).
+      num_iters: number of log-domain Sinkhorn updates (exactly this many unless `threshold`).
+      threshold: when given, stop early once the L1 error of the column marginal is below it,
+        tested every `d` updates (`d` the largest divisor of `num_iters` up to 10), at most
+        `num_iters` updates. Under `vmap` every problem runs as long as the slowest one.
+      scale_cost: passed to ott: the cost is divided by this number, or by a statistic of it
+        ("mean", "max_cost", "median", "max_norm", "max_bound") for a scale-free `epsilon`.
+
+    Returns:
+      Plan `(..., r, s)` float32 with row sums exactly 1/r and column sums 1/s up to the
+      convergence of the solver (raw features of norm ~1e3 at epsilon 0.1 give cost / epsilon
+      ~1e7: the columns are then far from converged after 100 updates, the rows stay exact and
+      the plan finite). No gradient flows through it. The leading dimensions are batched with
+      `vmap`, one ott problem each.
+    """
+    a, b = _position_sets(a, b)
+    _checks.floating(a, "a")
+    _checks.floating(b, "b")
+    _outside_vma_checked_shard_map(a, b)
+    epsilon, num_iters, threshold, scale_cost = _validated_options(
+        epsilon, num_iters, threshold, scale_cost
+    )
+    return _plan_batched(a, b, epsilon, threshold, num_iters=num_iters, scale_cost=scale_cost)
+
+
+def align(a, b, plan):
+    """`r * plan @ b`: b's features moved onto a's positions.
+
+    Args:
+      a: `(..., r, c)` features whose positions receive the alignment (only its shape is read).
+      b: `(..., s, c)` features to move.
+      plan: `(..., r, s)` transport plan between `a` and `b` with rows summing to 1/r.
+
+    Returns:
+      `(..., r, c)`, the shape and dtype of `a`; row i is the plan-weighted mean of b's rows.
+      Computed in float32.
+    """
+    a, b = _position_sets(a, b)
+    plan = _checks.as_array(plan, "plan")
+    expected_plan = a.shape[:-1] + (b.shape[-2],)
+    if plan.shape != expected_plan:
+        raise ValueError(f"plan must have shape (..., r, s) = {expected_plan}, got {plan.shape}")
+    r = a.shape[-2]
+    moved = r * jnp.matmul(plan.astype(jnp.float32), b.astype(jnp.float32))
+    return moved.astype(a.dtype)
+
+
+def _direction(direction):
+    """A Python int 0/1, or a scalar bool/int array (nonzero means 1), validated."""
+    if isinstance(direction, bool | int):
+        if direction not in (0, 1):
+            raise ValueError(f"direction must be 0 or 1, got {direction!r}")
+        return int(direction)
+    try:
+        array = jnp.asarray(direction)
+    except TypeError:
+        raise ValueError(
+            f"direction must be 0 or 1 (a Python int or a scalar int/bool array), got "
+            f"{direction!r} of type {type(direction).__name__}"
+        ) from None
+    if array.ndim != 0 or not (
+        jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.bool_)
+    ):
+        raise ValueError(
+            "direction must be 0 or 1 (a Python int or a scalar int/bool array), got an array "
+            f"of shape {array.shape} and dtype {array.dtype}"
+        )
+    if _checks.is_concrete(direction):
+        value = int(np.asarray(direction))
+        if value not in (0, 1):
+            raise ValueError(f"direction must be 0 or 1, got {value}")
+        return value
+    return array.astype(jnp.bool_)
+
+
+def align_mix(a, b, lam, *, direction, epsilon=0.1, num_iters=100, threshold=None, scale_cost=1.0):
+    """AlignMix: mix feature maps after aligning them with an entropic OT plan.
+
+    With P the plan between a's and b's positions and R = r * P (rows sum to 1):
+    direction 0: `lam * A + (1 - lam) * (R @ A')` (A' moved onto A's positions);
+    direction 1: `lam * (R.T @ A) + (1 - lam) * A'` (A moved onto A''s positions).
+    In both directions the label weight is `lam` for a's label and `1 - lam` for b's.
+
+    Args:
+      a: `(B, H, W, C)` feature maps or `(B, N, C)` tokens (any `(B, *positions, C)`).
+      b: partner features, the same shape as `a`.
+      lam: mixing weight in [0, 1], a scalar or `(B,)`.
+      direction: 0 or 1; a Python int, or a scalar int/bool array that may be traced (a coin
+        drawn inside `jit`; nonzero means 1). One plan serves both directions.
+      epsilon, num_iters, threshold, scale_cost: as in `sinkhorn_plan`.
+
+    Returns:
+      Mixed features with `a`'s shape and dtype (computed in float32). Gradients flow to `a` and
+      `b`; none flows through the plan.
+    """
+    a = _checks.as_array(a, "a")
+    b = _checks.as_array(b, "b")
+    _checks.min_rank(a, "a", 3, "(B, H, W, C) or (B, N, C)")
+    _checks.same_shape(a, b, "a", "b")
+    _checks.floating(a, "a")
+    _checks.floating(b, "b")
+    _outside_vma_checked_shard_map(a, b)
+    lam = jnp.broadcast_to(_checks.lam_array(lam, a.shape[0]), a.shape[:1])
+    direction = _direction(direction)
+    epsilon, num_iters, threshold, scale_cost = _validated_options(
+        epsilon, num_iters, threshold, scale_cost
+    )
+    if isinstance(direction, int):
+        static_direction, flip = direction, None
+    else:
+        static_direction, flip = None, direction
+    return _align_mix_validated(
+        a,
+        b,
+        lam,
+        flip,
+        epsilon,
+        threshold,
+        direction=static_direction,
+        num_iters=num_iters,
+        scale_cost=scale_cost,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("direction", "num_iters", "scale_cost"))
+def _align_mix_validated(a, b, lam, flip, epsilon, threshold, *, direction, num_iters, scale_cost):
+    """`align_mix` on validated inputs; `direction` 0/1 when static, else the bool array `flip`."""
+    batch, channels = a.shape[0], a.shape[-1]
+    lam = lam[:, None, None]
+    x = a.reshape((batch, -1, channels)).astype(jnp.float32)
+    y = b.reshape((batch, -1, channels)).astype(jnp.float32)
+    rows = x.shape[1] * _plan(x, y, epsilon, num_iters, threshold, scale_cost)
+
+    def onto_a():
+        return lam * x + (1.0 - lam) * jnp.matmul(rows, y)
+
+    def onto_b():
+        return lam * jnp.matmul(jnp.swapaxes(rows, -1, -2), x) + (1.0 - lam) * y
+
+    if direction is None:
+        mixed = jnp.where(flip, onto_b(), onto_a())
+    else:
+        mixed = onto_b() if direction else onto_a()
+    return mixed.reshape(a.shape).astype(a.dtype)
