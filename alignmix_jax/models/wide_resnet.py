@@ -43,9 +43,9 @@ class WideBlock(nn.Module):
         out = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn1")(x))
         out = conv(self.features, 3, use_bias=True, dtype=self.dtype, name="conv1")(out)
         out = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn2")(out))
-        out = conv(
-            self.features, 3, self.strides, use_bias=True, dtype=self.dtype, name="conv2"
-        )(out)
+        out = conv(self.features, 3, self.strides, use_bias=True, dtype=self.dtype, name="conv2")(
+            out
+        )
         if self.strides != 1 or x.shape[-1] != self.features:
             x = conv(
                 self.features, 1, self.strides, use_bias=True, dtype=self.dtype, name="shortcut"

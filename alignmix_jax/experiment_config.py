@@ -1,0 +1,288 @@
+"""The experiment config: its defaults (`default_config`), `:smoke` shrinking and validation.
+
+`validate_config` runs before anything heavy. Every error is a `ValueError` that names the field as
+`config.<path>`, the value it holds and the values it may take, so that a typo on the command line
+fails in a second instead of after compilation.
+"""
+
+import importlib.util
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+METHODS = (
+    "none",
+    "input_mixup",
+    "manifold_mixup",
+    "cutmix",
+    "saliencymix",
+    "alignmix",
+    "alignmixup",
+)
+DIRECTIONS = ("random", "0", "1")
+MODEL_NAMES = ("preact_resnet18", "wide_resnet", "resnet50")
+DATASET_NAMES = (
+    "cifar10",
+    "cifar100",
+    "fashion_mnist",
+    "imagenet2012",
+    "caltech_birds2011",
+    "tiny_imagenet",
+    "image_folder",
+    "digits",
+)
+SCHEDULES = ("piecewise", "cosine", "constant")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+LAST_STAGE = "last"
+
+
+def load_config_module(spec: str, required: Sequence[str] = ("get_config",)):
+    """`path.py[:argument]` -> (the config file loaded as a module, argument or None).
+
+    Raises ValueError when the file does not exist or lacks a function named in `required`.
+    """
+    path, _, argument = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"config={spec!r}: no config file at {path!r}")
+    module_spec = importlib.util.spec_from_file_location("_experiment_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    for name in required:
+        if not callable(getattr(module, name, None)):
+            raise ValueError(f"config={spec!r}: the file defines no {name}()")
+    return module, argument or None
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path.py[:argument]` -> the file's `get_config(argument)` (or `get_config()`)."""
+    module, argument = load_config_module(spec)
+    return module.get_config(argument) if argument else module.get_config()
+
+
+CONFIG_OVERRIDE_PREFIX = "--config."
+
+
+def check_override_fields(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+    """Raises ValueError naming any `--config.<path>=...` whose field does not exist in `config`,
+    with the fields that do exist at that level (ml_collections' own error is a bare KeyError)."""
+    for argument in argv:
+        if not argument.startswith(CONFIG_OVERRIDE_PREFIX):
+            continue
+        dotted = argument[len(CONFIG_OVERRIDE_PREFIX) :].partition("=")[0]
+        node, walked = config, "config"
+        for name in dotted.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+                fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise ValueError(
+                    f"{CONFIG_OVERRIDE_PREFIX}{dotted}: {walked} has no field {name!r}; "
+                    f"expected one of {fields}"
+                )
+            node, walked = node[name], f"{walked}.{name}"
+
+
+def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections.ConfigDict:
+    """Every field of an experiment, set to the CIFAR PreActResNet-18 AlignMixup recipe.
+
+    `dataset` and `data_overrides` go to `data.default_data_config`; unset path fields of
+    `config.data` become string placeholders, so they can be set on the command line
+    (`--config.data.manual_dir=DIR`).
+    """
+    from alignmix_jax import data
+
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = ml_collections.ConfigDict(
+        {"name": "preact_resnet18", "stage_sizes": (2, 2, 2, 2), "base_width": 64}
+    )
+    config.data = data.default_data_config(dataset, **data_overrides)
+    for field in ("data_dir", "manual_dir", "path"):
+        if config.data[field] is None:
+            config.data[field] = config_dict.placeholder(str)
+    config.mix = ml_collections.ConfigDict()
+    config.mix.method = "alignmixup"
+    config.mix.alpha = 2.0
+    config.mix.epsilon = 0.1
+    config.mix.num_iters = 100
+    config.mix.threshold = config_dict.placeholder(float)
+    config.mix.scale_cost = 1.0
+    config.mix.stage = LAST_STAGE
+    config.mix.direction = "random"
+    config.mix.input_prob = 0.5
+    config.mix.manifold_stages = ("input", "stage1", "stage2")
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.schedule = "piecewise"
+    config.optimizer.boundaries_epochs = (500, 1000, 1500)
+    config.optimizer.decay_factor = 0.1
+    config.optimizer.warmup_epochs = 0.0
+    config.batch_size = 128
+    config.eval_batch_size = 256
+    config.num_epochs = 2000
+    config.num_train_steps = -1
+    config.eval_every_steps = 0
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 2
+    config.compute_dtype = "float32"
+    config.distributed = False
+    config.tensorboard = True
+    config.progress_bar = True
+    return config
+
+
+def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks `config` to a CPU check of a few seconds: the same method and model family with
+    tiny widths, 4 steps on the bundled digits data (no download) at 32x32, batch 16."""
+    from alignmix_jax import data
+
+    config.data = data.default_data_config("digits", image_size=32)
+    for field in ("data_dir", "manual_dir", "path"):
+        config.data[field] = config_dict.placeholder(str)
+    if config.model.name == "wide_resnet":
+        config.model.depth, config.model.widen_factor = 10, 1
+    else:
+        config.model.stage_sizes, config.model.base_width = (1,) * len(config.model.stage_sizes), 8
+    config.batch_size = 16
+    config.eval_batch_size = 64
+    config.num_train_steps = 4
+    config.eval_every_steps = 4
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 4
+    config.compute_dtype = "float32"
+    return config
+
+
+CONFIG_ARGUMENTS = (None, "", "smoke")
+ABLATION_BASES = {None: "quickstart.py", "cifar10": "cifar10_preactresnet18.py"}
+
+
+def ablation_base_config(ablation_file: str, argument: str | None) -> ml_collections.ConfigDict:
+    """Base config of `experiments/ablations/<name>.py`: the quickstart (argument None) or the
+    CIFAR-10 PreActResNet-18 row ("cifar10"), read from the experiments folder above the file."""
+    if argument not in ABLATION_BASES:
+        raise ValueError(f"config argument {argument!r} is invalid; expected none or 'cifar10'")
+    experiments = os.path.dirname(os.path.dirname(os.path.abspath(ablation_file)))
+    return load_config(os.path.join(experiments, ABLATION_BASES[argument]))
+
+
+def apply_config_argument(
+    config: ml_collections.ConfigDict, argument: str | None
+) -> ml_collections.ConfigDict:
+    """`get_config(argument)` of the experiment files: None -> `config`, "smoke" -> shrunk."""
+    if argument not in CONFIG_ARGUMENTS:
+        raise ValueError(f"config argument {argument!r} is invalid; expected none or 'smoke'")
+    return smoke_config(config) if argument == "smoke" else config
+
+
+def _fail(field: str, value, expected: str) -> None:
+    raise ValueError(f"config.{field} = {value!r} is invalid; expected {expected}.")
+
+
+def _require_choice(field: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        _fail(field, value, "one of " + ", ".join(repr(choice) for choice in choices))
+
+
+def _require_positive(field: str, value, *, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        _fail(field, value, "a positive " + ("integer" if integer else "number"))
+
+
+def resolve_stage(stage: str, stage_names: Sequence[str]) -> str:
+    """Returns the model stage named by `config.mix.stage` ("last" -> the last feature map)."""
+    return stage_names[-1] if stage == LAST_STAGE else stage
+
+
+def model_stage_names(model_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The `stage_names` of the model `model_config` builds; bad model kwargs -> ValueError."""
+    from alignmix_jax import models
+
+    try:
+        model = models.build_model(model_config, num_classes=10)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"config.model = {model_config.to_dict()!r} does not build a model: {error}"
+        ) from error
+    return tuple(model.stage_names)
+
+
+def validate_mix_config(mix: ml_collections.ConfigDict, stage_names: Sequence[str]) -> None:
+    """Checks `config.mix` against the allowed methods and ranges and the model's `stage_names`."""
+    _require_choice("mix.method", mix.method, METHODS)
+    _require_positive("mix.alpha", mix.alpha)
+    _require_positive("mix.epsilon", mix.epsilon)
+    _require_positive("mix.num_iters", mix.num_iters, integer=True)
+    _require_positive("mix.scale_cost", mix.scale_cost)
+    if mix.threshold is not None:
+        _require_positive("mix.threshold", mix.threshold)
+    _require_choice("mix.direction", str(mix.direction), DIRECTIONS)
+    if isinstance(mix.input_prob, bool) or not 0.0 <= mix.input_prob <= 1.0:
+        _fail("mix.input_prob", mix.input_prob, "a probability in [0, 1]")
+    _require_choice("mix.stage", mix.stage, (LAST_STAGE, *stage_names))
+    if not mix.manifold_stages:
+        _fail("mix.manifold_stages", mix.manifold_stages, "a non-empty tuple of stage names")
+    for stage in mix.manifold_stages:
+        if stage != LAST_STAGE and stage not in stage_names:
+            _fail(
+                "mix.manifold_stages",
+                tuple(mix.manifold_stages),
+                "stage names among " + ", ".join(repr(name) for name in (LAST_STAGE, *stage_names)),
+            )
+
+
+def validate_optimizer_config(optimizer: ml_collections.ConfigDict) -> None:
+    """Checks `config.optimizer`: learning rate, momentum, weight decay and the schedule."""
+    _require_positive("optimizer.learning_rate", optimizer.learning_rate)
+    if not 0.0 <= optimizer.momentum < 1.0:
+        _fail("optimizer.momentum", optimizer.momentum, "a number in [0, 1)")
+    if optimizer.weight_decay < 0.0:
+        _fail("optimizer.weight_decay", optimizer.weight_decay, "a number >= 0")
+    _require_choice("optimizer.schedule", optimizer.schedule, SCHEDULES)
+    if optimizer.schedule == "piecewise":
+        if list(optimizer.boundaries_epochs) != sorted(optimizer.boundaries_epochs):
+            _fail("optimizer.boundaries_epochs", optimizer.boundaries_epochs, "increasing epochs")
+        _require_positive("optimizer.decay_factor", optimizer.decay_factor)
+    if optimizer.warmup_epochs < 0:
+        _fail("optimizer.warmup_epochs", optimizer.warmup_epochs, "a number of epochs >= 0")
+
+
+def validate_config(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    num_processes: int = 1,
+    stage_names: Sequence[str] | None = None,
+) -> None:
+    """Raises ValueError naming the first bad field of an experiment config.
+
+    Args:
+      config: the experiment config (see `experiments/*.py`).
+      num_devices: devices of the data mesh; `config.batch_size` must be divisible by it.
+      num_processes: hosts feeding the mesh; `config.batch_size` must be divisible by it.
+      stage_names: the model's stage names; built from `config.model` when omitted.
+    """
+    _require_choice("model.name", config.model.name, MODEL_NAMES)
+    _require_choice("data.name", config.data.name, DATASET_NAMES)
+    _require_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
+    _require_positive("batch_size", config.batch_size, integer=True)
+    for devices, what in ((num_devices, "devices"), (num_processes, "processes")):
+        if config.batch_size % devices:
+            _fail("batch_size", config.batch_size, f"a multiple of the {devices} {what}")
+    _require_positive("eval_batch_size", config.eval_batch_size, integer=True)
+    if config.eval_batch_size % num_devices:
+        _fail("eval_batch_size", config.eval_batch_size, f"a multiple of the {num_devices} devices")
+    if config.num_train_steps <= 0:
+        _require_positive("num_epochs", config.num_epochs)
+    _require_positive("checkpoint_every_steps", config.checkpoint_every_steps, integer=True)
+    _require_positive("log_every_steps", config.log_every_steps, integer=True)
+    if config.eval_every_steps < 0:
+        _fail("eval_every_steps", config.eval_every_steps, "0 (every epoch) or a positive integer")
+    validate_optimizer_config(config.optimizer)
+    if stage_names is None:
+        stage_names = model_stage_names(config.model)
+    validate_mix_config(config.mix, stage_names)

@@ -1,0 +1,134 @@
+"""Metric writers of a training run: JSON lines, TensorBoard event files and a tqdm progress bar.
+
+Only host 0 writes; every other host gets a writer that does nothing, so the training loop never
+branches on the host index.
+"""
+
+import json
+import pathlib
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(workdir) -> list[dict]:
+    """Every record of `workdir/metrics.jsonl`, in order ([] when the file does not exist)."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    with path.open() as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def truncate_metrics(workdir, last_step: int) -> None:
+    """Drops records with `step > last_step` (work lost by a killed run that is now resumed)."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [record for record in read_metrics(workdir) if record["step"] <= last_step]
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w") as file:
+        file.writelines(json.dumps(record) + "\n" for record in kept)
+    temporary.replace(path)
+
+
+class _TensorBoardWriter:
+    """Scalar summaries through TensorFlow's core summary ops (no `tensorboard` package needed)."""
+
+    def __init__(self, logdir: pathlib.Path):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        tf.config.set_visible_devices([], "GPU")
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(logdir))
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        with self._writer.as_default():
+            for name, value in scalars.items():
+                self._tf.summary.write(
+                    name,
+                    self._tf.constant(value, self._tf.float32),
+                    step=step,
+                    metadata=self._metadata,
+                )
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricLogger:
+    """Writes metric records to `metrics.jsonl` and TensorBoard, and drives the progress bar.
+
+    Args:
+      workdir: run directory.
+      total_steps: length of the progress bar.
+      initial_step: step the run starts (or resumes) from.
+      is_writer: False on hosts other than 0: nothing is written or shown.
+      tensorboard: also write TensorBoard event files under `workdir/tensorboard`.
+      progress_bar: show a tqdm bar with loss, lr, images/s and ETA.
+    """
+
+    def __init__(
+        self,
+        workdir,
+        total_steps: int,
+        initial_step: int = 0,
+        *,
+        is_writer: bool = True,
+        tensorboard: bool = True,
+        progress_bar: bool = True,
+    ):
+        self._is_writer = is_writer
+        self._path = pathlib.Path(workdir) / METRICS_FILE
+        self._tensorboard = None
+        self._bar = None
+        if not is_writer:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            self._tensorboard = _TensorBoardWriter(pathlib.Path(workdir) / TENSORBOARD_DIR)
+        if progress_bar:
+            self._bar = tqdm.tqdm(
+                total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
+            )
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends one record `{"step": step, **metrics}` to metrics.jsonl and TensorBoard."""
+        if not self._is_writer:
+            return
+        record = {"step": int(step), **{name: float(value) for name, value in metrics.items()}}
+        with self._path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            self._tensorboard.write(step, {k: v for k, v in record.items() if k != "step"})
+
+    def advance(self, step: int, postfix: dict[str, str] | None = None) -> None:
+        """Moves the progress bar to `step` and shows `postfix` (e.g. loss, lr, img/s)."""
+        if self._bar is None:
+            return
+        self._bar.update(step - self._bar.n)
+        if postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+
+    def message(self, text: str) -> None:
+        """Prints a line on host 0 without breaking the progress bar."""
+        if not self._is_writer:
+            return
+        if self._bar is None:
+            print(text, flush=True)
+        else:
+            self._bar.write(text)
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard writer and the progress bar."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._bar is not None:
+            self._bar.close()

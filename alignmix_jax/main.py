@@ -1,0 +1,82 @@
+"""Trains and evaluates one experiment config.
+
+    python -m alignmix_jax.main --config experiments/cifar10_preactresnet18.py --workdir DIR
+    python -m alignmix_jax.main --config experiments/quickstart.py:smoke --workdir DIR \
+        --config.mix.epsilon=0.5
+
+Rerunning the same command on the same workdir resumes from its latest checkpoint.
+"""
+
+import os
+
+# Multi-core CPU convolutions; must be set before JAX initialises its CPU backend.
+os.environ.setdefault("XLA_FLAGS", "")
+if "ynn_fusion" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import sys  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from alignmix_jax import experiment_config, train  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """--config (ml_collections config file with `--config.<field>=` overrides) and --workdir."""
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Experiment config file, optionally with an argument: path.py[:smoke].",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    """Entry point after flag parsing: optional multi-host set-up, then train_and_evaluate."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    config = FLAGS.config
+    if config.distributed:
+        jax.distributed.initialize()
+    try:
+        experiment_config.validate_config(config, jax.device_count(), jax.process_count())
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    train.train_and_evaluate(config, FLAGS.workdir)
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    """The value of `--config=SPEC` or `--config SPEC` in `argv`, else None."""
+    for index, argument in enumerate(argv):
+        if argument.startswith("--config="):
+            return argument.split("=", 1)[1]
+        if argument == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def run() -> None:
+    """Checks `--config.*` override names against the config file, then runs absl's app."""
+    config_spec = _config_spec(sys.argv[1:])
+    if config_spec is not None:
+        try:
+            experiment_config.check_override_fields(
+                experiment_config.load_config(config_spec), sys.argv[1:]
+            )
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,102 @@
+"""Images/s of the CIFAR PreActResNet-18 train step (batch 128) for every mixing method, and the
+ratio to `none`, measured in one run. Targets: alignmix >= 0.95x none, alignmixup >= 0.97x none.
+
+    python benchmarks/bench_train_step.py                       # the paper's model, all devices
+    python benchmarks/bench_train_step.py --base_width 16 --steps 5   # a quick CPU check
+
+Per method: compile (excluded), 2 warm-up steps, then the median time of `--steps` steps, each
+blocked on. Prints a Markdown table and one JSON line.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "ynn_fusion" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from alignmix_jax import experiment_config, models, parallel, train  # noqa: E402
+
+WARMUP_STEPS = 2
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--base_width", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--methods", default=",".join(experiment_config.METHODS))
+    return parser.parse_args()
+
+
+def time_method(method: str, args, mesh, batch) -> float:
+    """Median images/s of the train step of `method`."""
+    config = experiment_config.default_config("cifar10")
+    config.model.base_width = args.base_width
+    config.mix.method = method
+    model = models.build_model(
+        config.model, 10, axis_name="data", dtype=train.COMPUTE_DTYPES[args.compute_dtype]
+    )
+    learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 390, 390 * 2000)
+    optimizer = train.create_optimizer(config.optimizer, learning_rate_fn)
+    state = train.create_train_state(model, optimizer, (32, 32, 3), 0, mesh)
+    step = train.make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
+    key = parallel.replicate(jax.random.key(0), mesh)
+    times = []
+    for index in range(WARMUP_STEPS + args.steps):
+        start = time.perf_counter()
+        state, metrics = step(state, batch, key)
+        jax.block_until_ready(metrics)
+        if index >= WARMUP_STEPS:
+            times.append(time.perf_counter() - start)
+    return args.batch_size / statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    mesh = parallel.make_data_mesh()
+    rng = np.random.default_rng(0)
+    batch = parallel.shard_host_batch(
+        {
+            "image": rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
+        },
+        mesh,
+    )
+    methods = args.methods.split(",")
+    rates = {method: time_method(method, args, mesh, batch) for method in methods}
+    baseline = rates.get("none")
+    print(
+        f"\nPreActResNet-18 (width {args.base_width}), batch {args.batch_size}, "
+        f"{args.compute_dtype}, {mesh.size} x {jax.devices()[0].device_kind}"
+    )
+    print("| method | images/s | ratio to none |\n|---|---|---|")
+    for method, rate in rates.items():
+        ratio = f"{rate / baseline:.3f}" if baseline else "-"
+        print(f"| {method} | {rate:.1f} | {ratio} |")
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "device": jax.devices()[0].device_kind,
+                "devices": mesh.size,
+                "batch_size": args.batch_size,
+                "base_width": args.base_width,
+                "compute_dtype": args.compute_dtype,
+                "images_per_sec": rates,
+                "ratio_to_none": {m: r / baseline for m, r in rates.items()} if baseline else None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""End-to-end training: the quickstart smoke on 8 devices, and a short real Fashion-MNIST run."""
+
+import json
+
+import pytest
+
+from alignmix_jax import experiment_config, logging_utils, train
+
+FASHION_MNIST_STEPS = 200
+FASHION_MNIST_MIN_TOP1 = 65.0
+
+
+def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_path):
+    config = experiment_config.load_config("experiments/quickstart.py:smoke")
+    config.data.image_size = 16
+    config.progress_bar = False
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == config.num_train_steps == 4
+    assert set(summary) >= {"final_top1", "final_top5", "best_top1", "best_step", "images_per_sec"}
+    assert 0.0 <= summary["final_top1"] <= summary["best_top1"] <= 100.0
+    assert summary["final_top5"] >= summary["final_top1"]
+    assert summary["images_per_sec"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    records = logging_utils.read_metrics(tmp_path)
+    assert [r["step"] for r in records if "train_loss" in r] == [2, 4]
+    assert [r["eval_top1"] for r in records if "eval_top1" in r] == [summary["final_top1"]]
+    assert all(
+        r["learning_rate"] > 0 and r["images_per_sec"] > 0 for r in records if "train_loss" in r
+    )
+    assert list((tmp_path / logging_utils.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["mix"]["method"] == "alignmixup"
+    # Rerunning the finished run resumes at its end and reports the same result.
+    assert train.train_and_evaluate(config, tmp_path)["final_top1"] == summary["final_top1"]
+
+
+@pytest.mark.slow
+def test_fashion_mnist_short_run_reaches_stated_accuracy(shared_data, tmp_path):
+    config = experiment_config.default_config(
+        "fashion_mnist", manual_dir=str(shared_data / "fashion_mnist")
+    )
+    config.model.stage_sizes, config.model.base_width = (1, 1, 1, 1), 8
+    config.batch_size, config.eval_batch_size = 128, 400
+    config.num_train_steps = config.eval_every_steps = FASHION_MNIST_STEPS
+    config.optimizer.schedule, config.optimizer.weight_decay = "cosine", 5e-4
+    config.tensorboard = config.progress_bar = False
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["final_top1"] >= FASHION_MNIST_MIN_TOP1, summary
