@@ -16,6 +16,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from alignmix_jax import parallel
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -92,8 +94,10 @@ class RunCheckpointer:
         """Restores the training checkpoint at `step` (default latest) -> (state, meta).
 
         `abstract_state` is a state of `jax.ShapeDtypeStruct`s with shardings; the restored arrays
-        take these shardings.
+        take these shardings, so a run saved on one device count resumes on another (the
+        target's mesh, not the saved one, decides where the arrays go).
         """
+        _check_has_shardings(abstract_state)
         step = self.latest_step() if step is None else step
         restored = self._last.restore(
             step,
@@ -149,16 +153,16 @@ def _shapes(tree) -> dict:
     }
 
 
-def _check_model_matches(expected, restored, directory: pathlib.Path) -> None:
-    expected_shapes, restored_shapes = _shapes(expected), _shapes(restored)
-    if expected_shapes == restored_shapes:
+def _check_model_matches(expected, saved, directory: pathlib.Path) -> None:
+    expected_shapes, saved_shapes = _shapes(expected), _shapes(saved)
+    if expected_shapes == saved_shapes:
         return
-    missing = sorted(set(expected_shapes) - set(restored_shapes))
-    unexpected = sorted(set(restored_shapes) - set(expected_shapes))
+    missing = sorted(set(expected_shapes) - set(saved_shapes))
+    unexpected = sorted(set(saved_shapes) - set(expected_shapes))
     different = sorted(
         name
-        for name in set(expected_shapes) & set(restored_shapes)
-        if expected_shapes[name] != restored_shapes[name]
+        for name in set(expected_shapes) & set(saved_shapes)
+        if expected_shapes[name] != saved_shapes[name]
     )
     raise ValueError(
         f"checkpoint {str(directory)!r} does not match the model of config.json: "
@@ -166,8 +170,35 @@ def _check_model_matches(expected, restored, directory: pathlib.Path) -> None:
     )
 
 
+def _check_has_shardings(abstract_state) -> None:
+    unsharded = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+        if getattr(leaf, "sharding", None) is None
+    ]
+    if unsharded:
+        raise ValueError(
+            f"abstract_state has leaves without a sharding: {unsharded[:5]}; expected "
+            "jax.ShapeDtypeStruct(..., sharding=...) or jax.Array leaves on the current mesh"
+        )
+
+
+def _replicated_target(saved_metadata, mesh: jax.sharding.Mesh):
+    """Restore target: every saved array (shape, dtype) as a `jax.ShapeDtypeStruct` replicated
+    on `mesh`, so that a checkpoint restores on any device count, whatever mesh it was saved on.
+    """
+    sharding = parallel.replicated_sharding(mesh)
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        saved_metadata,
+    )
+
+
 def load_for_eval(workdir, which: str = "best"):
     """Loads a trained run for evaluation -> (config, model, variables).
+
+    The checkpoint restores on this process's devices whatever the device count of the run that
+    saved it (e.g. a run trained on 8 GPUs evaluated on a 1-CPU laptop).
 
     Args:
       workdir: run directory written by `train.train_and_evaluate`.
@@ -175,7 +206,8 @@ def load_for_eval(workdir, which: str = "best"):
 
     Returns:
       config: the run's ConfigDict; model: the flax module built without `axis_name`;
-      variables: {"params": ..., "batch_stats": ...} as host-local arrays.
+      variables: {"params": ..., "batch_stats": ...}, each array replicated on every device of
+      `parallel.make_data_mesh()`.
     """
     from alignmix_jax import data, models
 
@@ -191,24 +223,33 @@ def load_for_eval(workdir, which: str = "best"):
     if not directory.is_dir():
         raise ValueError(f"workdir={str(workdir)!r} has no {directory.name}/ checkpoint directory")
     manager = ocp.CheckpointManager(
-        directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={
+            "model": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        },
     )
-    step = manager.latest_step()
-    if step is None:
-        raise ValueError(f"{str(directory)!r} holds no complete checkpoint")
-    info = data.get_dataset_info(config.data)
-    model = models.build_model(config.model, info.num_classes)
-    expected = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0),
-            jax.numpy.zeros((1, *info.image_shape), jax.numpy.float32),
-            train=False,
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise ValueError(f"{str(directory)!r} holds no complete checkpoint")
+        info = data.get_dataset_info(config.data)
+        model = models.build_model(config.model, info.num_classes)
+        expected = jax.eval_shape(
+            lambda: model.init(
+                jax.random.key(0),
+                jax.numpy.zeros((1, *info.image_shape), jax.numpy.float32),
+                train=False,
+            )
         )
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(model=ocp.args.StandardRestore())
-    ).model
-    manager.close()
-    _check_model_matches(dict(expected), restored, directory / str(step))
+        saved = manager.item_metadata(step).model.tree
+        _check_model_matches(dict(expected), saved, directory / str(step))
+        target = _replicated_target(saved, parallel.make_data_mesh())
+        restored = manager.restore(
+            step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))
+        ).model
+    finally:
+        manager.close()
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
     return config, model, variables
