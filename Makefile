@@ -27,3 +27,5 @@ quickstart: install
 
 bench: install
 	$(PY) benchmarks/bench_align_mix.py
+	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_input.py

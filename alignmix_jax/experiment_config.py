@@ -130,6 +130,11 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.keep_checkpoints = 2
     config.compute_dtype = "float32"
     config.distributed = False
+    # Multi-host set-up for `jax.distributed.initialize` when `distributed`; unset: auto-detected
+    # (Slurm, Open MPI, Cloud TPU, Kubernetes).
+    config.distributed_coordinator = config_dict.placeholder(str)
+    config.distributed_num_processes = config_dict.placeholder(int)
+    config.distributed_process_id = config_dict.placeholder(int)
     config.tensorboard = True
     config.progress_bar = True
     return config
@@ -250,6 +255,20 @@ def validate_optimizer_config(optimizer: ml_collections.ConfigDict) -> None:
         _require_positive("optimizer.decay_factor", optimizer.decay_factor)
     if optimizer.warmup_epochs < 0:
         _fail("optimizer.warmup_epochs", optimizer.warmup_epochs, "a number of epochs >= 0")
+
+
+def validate_distributed_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the optional multi-host fields: `distributed_num_processes` positive and
+    `distributed_process_id` in [0, distributed_num_processes) when they are set."""
+    num_processes, process_id = config.distributed_num_processes, config.distributed_process_id
+    if num_processes is not None:
+        _require_positive("distributed_num_processes", num_processes, integer=True)
+    if process_id is not None:
+        upper = "distributed_num_processes" if num_processes is None else num_processes
+        if isinstance(process_id, bool) or not isinstance(process_id, int) or process_id < 0:
+            _fail("distributed_process_id", process_id, f"an integer in [0, {upper})")
+        if num_processes is not None and process_id >= num_processes:
+            _fail("distributed_process_id", process_id, f"an integer in [0, {upper})")
 
 
 def validate_config(

@@ -3,6 +3,9 @@
     python -m alignmix_jax.main --config experiments/cifar10_preactresnet18.py --workdir DIR
     python -m alignmix_jax.main --config experiments/quickstart.py:smoke --workdir DIR \
         --config.mix.epsilon=0.5
+    python -m alignmix_jax.main --config ... --workdir SHARED_DIR --config.distributed=True \
+        --config.distributed_coordinator=HOST0:PORT --config.distributed_num_processes=N \
+        --config.distributed_process_id=I      # on each host I; omit the last three on a cluster
 
 Rerunning the same command on the same workdir resumes from its latest checkpoint.
 """
@@ -38,6 +41,25 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
+def initialize_distributed(config) -> None:
+    """`jax.distributed.initialize` from `config.distributed_{coordinator,num_processes,
+    process_id}`; unset fields are auto-detected (Slurm, Open MPI, Cloud TPU, Kubernetes)."""
+    experiment_config.validate_distributed_config(config)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.distributed_coordinator,
+            num_processes=config.distributed_num_processes,
+            process_id=config.distributed_process_id,
+        )
+    except ValueError as error:
+        raise ValueError(
+            "config.distributed = True, but jax.distributed.initialize failed: "
+            f"{str(error).rstrip('.')}; expected "
+            "a cluster that JAX detects, or --config.distributed_coordinator=HOST:PORT, "
+            "--config.distributed_num_processes and --config.distributed_process_id"
+        ) from error
+
+
 def main(argv: list[str]) -> None:
     """Entry point after flag parsing: optional multi-host set-up, then train_and_evaluate."""
     if len(argv) > 1:
@@ -45,9 +67,9 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     config = FLAGS.config
-    if config.distributed:
-        jax.distributed.initialize()
     try:
+        if config.distributed:
+            initialize_distributed(config)
         experiment_config.validate_config(config, jax.device_count(), jax.process_count())
     except ValueError as error:
         sys.exit(f"error: {error}")

@@ -28,8 +28,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-    """Places every array of `tree` (identical on all hosts) fully on every device of `mesh`."""
-    return jax.device_put(tree, replicated_sharding(mesh))
+    """Places every array of `tree` (identical on all hosts) fully on every device of `mesh`.
+
+    Works when `mesh` spans several hosts (where `jax.device_put` refuses devices it cannot
+    address): each host supplies its own, identical, copy. PRNG key arrays stay key arrays.
+    """
+    sharding = replicated_sharding(mesh)
+
+    def place(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            key_data = place(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(place, tree)
 
 
 def shard_host_batch(batch: dict, mesh: Mesh) -> dict:
