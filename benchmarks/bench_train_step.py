@@ -4,8 +4,9 @@ ratio to `none`, measured in one run. Targets: alignmix >= 0.95x none, alignmixu
     python benchmarks/bench_train_step.py                       # the paper's model, all devices
     python benchmarks/bench_train_step.py --base_width 16 --steps 5   # a quick CPU check
 
-Per method: compile (excluded), 2 warm-up steps, then the median time of `--steps` steps, each
-blocked on. Prints a Markdown table and one JSON line.
+Every method is compiled and warmed up (2 steps) first; then `--steps` rounds time one blocked step
+of each method in turn, and each method's median is reported. Prints a Markdown table and one
+JSON line.
 """
 
 import os
@@ -37,8 +38,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def time_method(method: str, args, mesh, batch) -> float:
-    """Median images/s of the train step of `method`."""
+def build_step(method: str, args, mesh, batch):
+    """A compiled, warmed-up train step of `method`: `run() -> seconds` for one blocked step."""
     config = experiment_config.default_config("cifar10")
     config.model.base_width = args.base_width
     config.mix.method = method
@@ -50,14 +51,28 @@ def time_method(method: str, args, mesh, batch) -> float:
     state = train.create_train_state(model, optimizer, (32, 32, 3), 0, mesh)
     step = train.make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
     key = parallel.replicate(jax.random.key(0), mesh)
-    times = []
-    for index in range(WARMUP_STEPS + args.steps):
+
+    def run() -> float:
+        nonlocal state
         start = time.perf_counter()
         state, metrics = step(state, batch, key)
         jax.block_until_ready(metrics)
-        if index >= WARMUP_STEPS:
-            times.append(time.perf_counter() - start)
-    return args.batch_size / statistics.median(times)
+        return time.perf_counter() - start
+
+    for _ in range(WARMUP_STEPS):
+        run()
+    return run
+
+
+def time_methods(methods, args, mesh, batch) -> dict[str, float]:
+    """Median images/s per method; the methods' steps are interleaved round by round, so a change
+    in the machine's load during the run affects every method alike."""
+    runs = {method: build_step(method, args, mesh, batch) for method in methods}
+    times = {method: [] for method in methods}
+    for _ in range(args.steps):
+        for method, run in runs.items():
+            times[method].append(run())
+    return {method: args.batch_size / statistics.median(t) for method, t in times.items()}
 
 
 def main() -> None:
@@ -72,7 +87,7 @@ def main() -> None:
         mesh,
     )
     methods = args.methods.split(",")
-    rates = {method: time_method(method, args, mesh, batch) for method in methods}
+    rates = time_methods(methods, args, mesh, batch)
     baseline = rates.get("none")
     print(
         f"\nPreActResNet-18 (width {args.base_width}), batch {args.batch_size}, "
