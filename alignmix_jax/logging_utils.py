@@ -113,9 +113,9 @@ class MetricLogger:
         """Moves the progress bar to `step` and shows `postfix` (e.g. loss, lr, img/s)."""
         if self._bar is None:
             return
-        self._bar.update(step - self._bar.n)
         if postfix:
             self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(step - self._bar.n)
 
     def message(self, text: str) -> None:
         """Prints a line on host 0 without breaking the progress bar."""

@@ -74,7 +74,10 @@ def test_paper_configs_hold_the_papers_hyperparameters(name):
     assert f"--config experiments/{name}" in docstring and "%" in docstring
 
 
-@pytest.mark.parametrize("name", [*sorted(PAPER_ROWS), "quickstart.py"])
+EXPERIMENT_FILES = sorted(path.name for path in (REPO / "experiments").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
 def test_smoke_variants_are_tiny_and_valid(name):
     config = load(name, "smoke")
     experiment_config.validate_config(config, num_devices=8)
