@@ -8,6 +8,7 @@ import json
 import pathlib
 
 import tqdm
+from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -32,35 +33,6 @@ def truncate_metrics(workdir, last_step: int) -> None:
     with temporary.open("w") as file:
         file.writelines(json.dumps(record) + "\n" for record in kept)
     temporary.replace(path)
-
-
-class _TensorBoardWriter:
-    """Scalar summaries through TensorFlow's core summary ops (no `tensorboard` package needed)."""
-
-    def __init__(self, logdir: pathlib.Path):
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        tf.config.set_visible_devices([], "GPU")
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(str(logdir))
-        self._metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-        )
-
-    def write(self, step: int, scalars: dict[str, float]) -> None:
-        with self._writer.as_default():
-            for name, value in scalars.items():
-                self._tf.summary.write(
-                    name,
-                    self._tf.constant(value, self._tf.float32),
-                    step=step,
-                    metadata=self._metadata,
-                )
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 class MetricLogger:
@@ -93,7 +65,9 @@ class MetricLogger:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard:
-            self._tensorboard = _TensorBoardWriter(pathlib.Path(workdir) / TENSORBOARD_DIR)
+            self._tensorboard = metric_writers.SummaryWriter(
+                str(pathlib.Path(workdir) / TENSORBOARD_DIR)
+            )
         if progress_bar:
             self._bar = tqdm.tqdm(
                 total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
@@ -107,7 +81,8 @@ class MetricLogger:
         with self._path.open("a") as file:
             file.write(json.dumps(record) + "\n")
         if self._tensorboard is not None:
-            self._tensorboard.write(step, {k: v for k, v in record.items() if k != "step"})
+            self._tensorboard.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
+            self._tensorboard.flush()
 
     def advance(self, step: int, postfix: dict[str, str] | None = None) -> None:
         """Moves the progress bar to `step` and shows `postfix` (e.g. loss, lr, img/s)."""

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from alignmix_jax import experiment_config, logging_utils, train
 
@@ -27,7 +29,18 @@ def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_pat
     assert all(
         r["learning_rate"] > 0 and r["images_per_sec"] > 0 for r in records if "train_loss" in r
     )
-    assert list((tmp_path / logging_utils.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    events = event_accumulator.EventAccumulator(str(tmp_path / logging_utils.TENSORBOARD_DIR))
+    events.Reload()
+
+    def scalars(tag):  # TF2 summaries store scalars as tensor events: {step: value}
+        return {
+            event.step: float(tensor_util.make_ndarray(event.tensor_proto))
+            for event in events.Tensors(tag)
+        }
+
+    train_losses = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+    assert scalars("train_loss") == pytest.approx(train_losses)
+    assert scalars("eval_top1") == pytest.approx({4: summary["final_top1"]})
     assert json.loads((tmp_path / "config.json").read_text())["mix"]["method"] == "alignmixup"
     # Rerunning the finished run resumes at its end and reports the same result.
     assert train.train_and_evaluate(config, tmp_path)["final_top1"] == summary["final_top1"]
