@@ -25,7 +25,7 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from alignmix_jax import attacks, calibration, parallel, wsol
+from alignmix_jax import attacks, calibration, logging_utils, parallel, wsol
 
 EVAL_DIR = "eval"
 PERCENT_METRICS = (
@@ -491,7 +491,12 @@ def define_common_flags() -> None:
 def run_cli(main_fn) -> None:
     """``app.run`` of ``main_fn(argv, overrides)``, ``--config.x=y`` arguments as overrides."""
     sys.argv, overrides = split_config_overrides(sys.argv)
-    app.run(lambda argv: main_fn(argv, overrides))
+
+    def main(argv):
+        logging_utils.quiet_library_logs()
+        main_fn(argv, overrides)
+
+    app.run(main)
 
 
 def _main(argv, overrides) -> None:

@@ -8,10 +8,18 @@ import json
 import pathlib
 
 import tqdm
+from absl import flags, logging
 from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+
+
+def quiet_library_logs() -> None:
+    """For command-line entry points: absl logging at WARNING unless `--verbosity` was given
+    (orbax logs every checkpoint operation at INFO)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -21,10 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import sys  # noqa: E402
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from alignmix_jax import experiment_config, train  # noqa: E402
+from alignmix_jax import experiment_config, logging_utils, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -64,8 +64,7 @@ def main(argv: list[str]) -> None:
     """Entry point after flag parsing: optional multi-host set-up, then train_and_evaluate."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    logging_utils.quiet_library_logs()
     config = FLAGS.config
     try:
         if config.distributed:

@@ -28,9 +28,9 @@ import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import ml_collections  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from alignmix_jax import experiment_config  # noqa: E402
+from alignmix_jax import experiment_config, logging_utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -183,8 +183,7 @@ def main(argv: list[str]) -> None:
     """Entry point after flag parsing."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    logging_utils.quiet_library_logs()
     try:
         if FLAGS.print_commands:
             print_commands(FLAGS.config, FLAGS.workdir)
