@@ -9,7 +9,7 @@ mix images, any intermediate map or the last map without computing anything twic
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -243,3 +243,56 @@ class StagedClassifier(nn.Module):
         head = torch_linear(self.num_classes, pooled.shape[-1], self.dtype, name="head")
         logits = head(pooled)
         return logits.astype(jnp.float32), intermediates
+
+
+class StagedResNet(StagedClassifier):
+    """A `StagedClassifier` made of a stem and stages of residual blocks of widths
+    base_width * 2**(k-1) and strides 1, 2, 2, ...; subclasses set `stem_module`, `block_module`
+    and `expansion` (a block's output channels per unit of width).
+
+    Attributes (besides num_classes, axis_name, dtype of `StagedClassifier`):
+      stage_sizes: blocks per stage.
+      base_width: channels of the stem and the width of the first stage.
+    """
+
+    stem_module: ClassVar[Callable[..., nn.Module]]
+    block_module: ClassVar[Callable[..., nn.Module]]
+    expansion: ClassVar[int] = 1
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    base_width: int = 64
+
+    def __post_init__(self) -> None:
+        check_positive_int("num_classes", self.num_classes)
+        check_stage_sizes(self.stage_sizes)
+        check_positive_int("base_width", self.base_width)
+        super().__post_init__()
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """("input", "stem", "stage1", ..., "stage{len(stage_sizes)}")."""
+        return stage_point_names(len(self.stage_sizes))
+
+    @property
+    def stage_channels(self) -> dict[str, int]:
+        """{"stem": base_width, "stage{k}": expansion * base_width * 2**(k-1)}."""
+        widths = {"stem": self.base_width}
+        for k in range(1, len(self.stage_sizes) + 1):
+            widths[f"stage{k}"] = self.expansion * self.base_width * 2 ** (k - 1)
+        return widths
+
+    def build_stages(self) -> list[nn.Module]:
+        """The stem and the block stages, named as `stage_names[1:]`."""
+        stages = [self.stem_module(self.base_width, self.axis_name, self.dtype, name="stem")]
+        for index, num_blocks in enumerate(self.stage_sizes):
+            stages.append(
+                Stage(
+                    self.block_module,
+                    num_blocks,
+                    self.base_width * 2**index,
+                    strides=1 if index == 0 else 2,
+                    axis_name=self.axis_name,
+                    dtype=self.dtype,
+                    name=f"stage{index + 1}",
+                )
+            )
+        return stages

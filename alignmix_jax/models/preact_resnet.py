@@ -6,22 +6,14 @@ changes; no final BatchNorm-ReLU; global average pooling; linear head. At 32x32 
 PreActResNet-18's last map ("stage4") is (B, 4, 4, 512); at 64x64 it is (B, 8, 8, 512).
 """
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alignmix_jax.models.common import (
-    Stage,
-    StagedClassifier,
-    batch_norm,
-    check_positive_int,
-    check_stage_sizes,
-    conv,
-    stage_point_names,
-)
+from alignmix_jax.models.common import StagedResNet, batch_norm, conv
 
 Array = jax.Array
 
@@ -64,7 +56,7 @@ class PreActStem(nn.Module):
         return nn.relu(batch_norm(train, self.axis_name, self.dtype, name="bn")(x))
 
 
-class PreActResNet(StagedClassifier):
+class PreActResNet(StagedResNet):
     """Pre-activation ResNet (CIFAR form); the defaults are PreActResNet-18.
 
     Attributes (besides num_classes, axis_name, dtype of `StagedClassifier`):
@@ -76,46 +68,8 @@ class PreActResNet(StagedClassifier):
     (no final BN-ReLU). 11,171,274 parameters for 10 classes, 11,217,444 for 100.
     """
 
-    stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    base_width: int = 64
-
-    def __post_init__(self) -> None:
-        check_positive_int("num_classes", self.num_classes)
-        check_stage_sizes(self.stage_sizes)
-        check_positive_int("base_width", self.base_width)
-        super().__post_init__()
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        """("input", "stem", "stage1", ..., "stage{len(stage_sizes)}")."""
-        return stage_point_names(len(self.stage_sizes))
-
-    @property
-    def stage_channels(self) -> dict[str, int]:
-        """{"stem": base_width, "stage{k}": base_width * 2**(k-1)}."""
-        widths = {"stem": self.base_width}
-        for k in range(1, len(self.stage_sizes) + 1):
-            widths[f"stage{k}"] = self.base_width * 2 ** (k - 1)
-        return widths
-
-    def build_stages(self) -> list[nn.Module]:
-        """The stem and the block stages, named as `stage_names[1:]`."""
-        stages = [
-            PreActStem(self.base_width, self.axis_name, self.dtype, name="stem"),
-        ]
-        for index, num_blocks in enumerate(self.stage_sizes):
-            stages.append(
-                Stage(
-                    PreActBlock,
-                    num_blocks,
-                    self.base_width * 2**index,
-                    strides=1 if index == 0 else 2,
-                    axis_name=self.axis_name,
-                    dtype=self.dtype,
-                    name=f"stage{index + 1}",
-                )
-            )
-        return stages
+    stem_module: ClassVar[Callable[..., nn.Module]] = PreActStem
+    block_module: ClassVar[Callable[..., nn.Module]] = PreActBlock
 
 
 PreActResNet18 = PreActResNet

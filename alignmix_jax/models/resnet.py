@@ -7,22 +7,14 @@ the shape changes; global average pooling; linear head. At 224x224 input ResNet-
 ("stage4") is (B, 7, 7, 2048).
 """
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alignmix_jax.models.common import (
-    Stage,
-    StagedClassifier,
-    batch_norm,
-    check_positive_int,
-    check_stage_sizes,
-    conv,
-    stage_point_names,
-)
+from alignmix_jax.models.common import StagedResNet, batch_norm, conv
 
 Array = jax.Array
 
@@ -71,7 +63,7 @@ class ResNetStem(nn.Module):
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-class ResNet(StagedClassifier):
+class ResNet(StagedResNet):
     """Bottleneck ResNet (torchvision layout); the defaults are ResNet-50 for 1000 classes.
 
     Attributes (besides num_classes, axis_name, dtype of `StagedClassifier`):
@@ -84,45 +76,11 @@ class ResNet(StagedClassifier):
     output. 25,557,032 parameters for ResNet-50 with 1000 classes.
     """
 
+    stem_module: ClassVar[Callable[..., nn.Module]] = ResNetStem
+    block_module: ClassVar[Callable[..., nn.Module]] = Bottleneck
+    expansion: ClassVar[int] = EXPANSION
     num_classes: int = 1000
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    base_width: int = 64
-
-    def __post_init__(self) -> None:
-        check_positive_int("num_classes", self.num_classes)
-        check_stage_sizes(self.stage_sizes)
-        check_positive_int("base_width", self.base_width)
-        super().__post_init__()
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        """("input", "stem", "stage1", ..., "stage{len(stage_sizes)}")."""
-        return stage_point_names(len(self.stage_sizes))
-
-    @property
-    def stage_channels(self) -> dict[str, int]:
-        """{"stem": base_width, "stage{k}": 4 * base_width * 2**(k-1)}."""
-        widths = {"stem": self.base_width}
-        for k in range(1, len(self.stage_sizes) + 1):
-            widths[f"stage{k}"] = EXPANSION * self.base_width * 2 ** (k - 1)
-        return widths
-
-    def build_stages(self) -> list[nn.Module]:
-        """The stem and the bottleneck stages, named as `stage_names[1:]`."""
-        stages = [ResNetStem(self.base_width, self.axis_name, self.dtype, name="stem")]
-        for index, num_blocks in enumerate(self.stage_sizes):
-            stages.append(
-                Stage(
-                    Bottleneck,
-                    num_blocks,
-                    self.base_width * 2**index,
-                    strides=1 if index == 0 else 2,
-                    axis_name=self.axis_name,
-                    dtype=self.dtype,
-                    name=f"stage{index + 1}",
-                )
-            )
-        return stages
 
 
 ResNet50 = ResNet
