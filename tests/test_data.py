@@ -6,6 +6,7 @@ CIFAR-10 copies skip when ../shared/data is absent.
 """
 
 import os
+import types
 
 import jax
 import numpy as np
@@ -320,3 +321,28 @@ def test_cifar10_jpeg_archive(shared_data):
         decoded = np.asarray(image.convert("RGB"), np.float32) / 255.0
     expected = (decoded - np.array(info.mean)) / np.array(info.std)
     np.testing.assert_allclose(first["image"][0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("process_index", [0, 1])
+def test_process_zero_prepares_tfds_data_before_the_others(monkeypatch, process_index):
+    events = []
+
+    def prepare(spec):
+        events.append("prepare")
+        if spec.name == "broken":
+            raise sources.DataUnavailableError("missing")
+        return "builder"
+
+    monkeypatch.setattr(sources.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(sources.jax, "process_index", lambda: process_index)
+    monkeypatch.setattr(sources.multihost_utils, "sync_global_devices", events.append)
+    monkeypatch.setattr(sources, "_prepare_builder", prepare)
+    spec = types.SimpleNamespace(name="fashion_mnist")
+    assert sources.prepared_builder.__wrapped__(spec) == "builder"
+    barrier = events[1 - process_index]
+    assert events == (["prepare", barrier] if process_index == 0 else [barrier, "prepare"])
+    if process_index == 0:  # a failure on process 0 still releases the others
+        events.clear()
+        with pytest.raises(sources.DataUnavailableError):
+            sources.prepared_builder.__wrapped__(types.SimpleNamespace(name="broken"))
+        assert events == ["prepare", barrier.replace("fashion_mnist", "broken")]

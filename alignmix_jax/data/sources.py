@@ -19,7 +19,9 @@ import tarfile
 import tempfile
 import urllib.parse
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from alignmix_jax.data import augment
@@ -189,8 +191,24 @@ def prepared_builder(spec: DataSpec):
 
     Preparation reads `spec.manual_dir` when given; without it, tfds downloads, after a quick
     check that the download hosts answer. A missing dataset raises `DataUnavailableError` naming
-    the files needed and where to put them, instead of waiting on network retries.
+    the files needed and where to put them, instead of waiting on network retries. With several
+    JAX processes, process 0 prepares first while the others wait at a barrier, so hosts sharing
+    one data_dir never prepare the same dataset at the same time.
     """
+    if jax.process_count() == 1:
+        return _prepare_builder(spec)
+    barrier = f"alignmix_jax: tfds dataset {spec.name} prepared by process 0"
+    if jax.process_index() == 0:
+        try:
+            return _prepare_builder(spec)
+        finally:  # also on failure, so the other processes do not wait forever
+            multihost_utils.sync_global_devices(barrier)
+    multihost_utils.sync_global_devices(barrier)
+    return _prepare_builder(spec)
+
+
+def _prepare_builder(spec: DataSpec):
+    """`prepared_builder` on one process: prepares `spec` unless its data_dir already has it."""
     import tensorflow_datasets as tfds
 
     if spec.name == "tiny_imagenet":
