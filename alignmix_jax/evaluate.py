@@ -25,7 +25,7 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from alignmix_jax import attacks, calibration, logging_utils, parallel, wsol
+from alignmix_jax import attacks, calibration, logging_utils, parallel, runtime, wsol
 
 EVAL_DIR = "eval"
 PERCENT_METRICS = (
@@ -490,6 +490,7 @@ def define_common_flags() -> None:
 
 def run_cli(main_fn) -> None:
     """``app.run`` of ``main_fn(argv, overrides)``, ``--config.x=y`` arguments as overrides."""
+    runtime.configure()
     sys.argv, overrides = split_config_overrides(sys.argv)
 
     def main(argv):

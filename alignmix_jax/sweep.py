@@ -10,13 +10,9 @@ resumes the sweep (and, after the printed commands ran elsewhere, just collects 
 Writes DIR/results.csv and DIR/results.md: final and best test top-1, best step and images/s.
 """
 
-import os
+from alignmix_jax import runtime
 
-# Multi-core CPU convolutions; must be set before JAX initialises its CPU backend.
-os.environ.setdefault("XLA_FLAGS", "")
-if "ynn_fusion" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
 
 import copy  # noqa: E402
 import csv  # noqa: E402

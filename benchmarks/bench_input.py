@@ -11,10 +11,9 @@ import pathlib
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("XLA_FLAGS", "")
-if "ynn_fusion" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+from alignmix_jax import runtime
+
+runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
 
 from alignmix_jax import data  # noqa: E402
 

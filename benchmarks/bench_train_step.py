@@ -9,11 +9,9 @@ of each method in turn, and each method's median is reported. Prints a Markdown 
 JSON line.
 """
 
-import os
+from alignmix_jax import runtime
 
-os.environ.setdefault("XLA_FLAGS", "")
-if "ynn_fusion" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
 
 import argparse  # noqa: E402
 import json  # noqa: E402
