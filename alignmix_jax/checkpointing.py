@@ -9,6 +9,7 @@ Orbax writes each checkpoint to a temporary directory and renames it when comple
 leaves either a whole checkpoint or none.
 """
 
+import copy
 import json
 import pathlib
 
@@ -52,15 +53,96 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_lists_to_tuples(json.loads(path.read_text())))
 
 
-def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+# Fields that say where and how a run executes, not what it computes: they may change on resume.
+RUNTIME_FIELDS = frozenset({
+    "progress_bar", "tensorboard", "stop_on_divergence", "keep_checkpoints", "log_every_steps",
+    "checkpoint_every_steps", "eval_every_steps", "eval_batch_size", "distributed",
+    "distributed_coordinator", "distributed_num_processes", "distributed_process_id",
+    "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir",
+})
+
+
+class ConfigChangedError(ValueError):
+    """A run was resumed with a config that differs from the one it was trained with."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, config: dict) -> dict[str, tuple]:
+    """`{dotted field: (saved value, new value)}` for every field that differs between two config
+    dicts, leaving out `RUNTIME_FIELDS`; a field absent on one side shows as "<absent>"."""
+    old, new = _flatten(_lists_to_tuples(saved)), _flatten(_lists_to_tuples(config))
+    absent = "<absent>"
+    return {
+        field: (old.get(field, absent), new.get(field, absent))
+        for field in sorted(old.keys() | new.keys())
+        if field not in RUNTIME_FIELDS and old.get(field, absent) != new.get(field, absent)
+    }
+
+
+def check_resumed_config(
+    config: ml_collections.ConfigDict, workdir, step: int, accept: bool, is_writer: bool
+) -> dict[str, tuple]:
+    """Compares `config` with the `config.json` of the run resumed at `step` in `workdir`.
+
+    Raises ConfigChangedError listing the changed fields (old -> new) unless `accept`; accepted
+    changes are appended to `workdir/config_changes.jsonl` as {"step", "changes"} (by the writer
+    host). Returns the changes.
+    """
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return {}
+    changes = config_changes(json.loads(path.read_text()), config.to_dict())
+    if not changes:
+        return {}
+    listed = "; ".join(f"{field}: {old!r} -> {new!r}" for field, (old, new) in changes.items())
+    if not accept:
+        raise ConfigChangedError(
+            f"workdir={str(workdir)!r} holds a run trained to step {step} with another config "
+            f"({listed}). Resume with the same config, use a new workdir, or pass "
+            "--accept_config_changes to go on with the new one (the change is recorded in "
+            f"{CONFIG_CHANGES_FILE})"
+        )
+    if is_writer:
+        record = {"step": step, "changes": {f: list(values) for f, values in changes.items()}}
+        with (pathlib.Path(workdir) / CONFIG_CHANGES_FILE).open("a") as file:
+            file.write(json.dumps(record, default=str) + "\n")
+    return changes
+
+
+def _manager(directory: pathlib.Path, max_to_keep, async_save: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
     )
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
+def _check_saved(saved: bool, step: int, directory: pathlib.Path) -> None:
+    """orbax's `save` returns False, without an error, when it skips a step; never let it pass."""
+    if not saved:
+        raise RuntimeError(
+            f"orbax did not save step {step} in {directory}: it holds this or a later step "
+            f"already ({sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())})"
+        )
+
+
 class RunCheckpointer:
-    """The training checkpoints (last `keep`) and the best-weights checkpoint of one workdir.
+    """The training checkpoints (last `keep`) and the best-weights checkpoints of one workdir.
+
+    `best/` always holds the weights of the best eval of the run's own lineage: a new best is
+    written at once, and the previous one is deleted only when a training checkpoint that records
+    the new best is on disk. Restoring a training checkpoint deletes the best weights that came
+    after it (from a run that was killed and is now resumed from an earlier step), so the best of
+    the resumed run replaces them. `meta` is saved as a snapshot: the caller may go on changing it.
 
     Args:
       workdir: run directory.
@@ -70,32 +152,60 @@ class RunCheckpointer:
 
     def __init__(self, workdir, keep: int = 2, async_save: bool = True):
         self.workdir = pathlib.Path(workdir)
-        self._last = _manager(self.workdir / CHECKPOINT_DIR, keep, async_save)
-        self._best = _manager(self.workdir / BEST_DIR, 1, async_save)
+        self._last_dir = self.workdir / CHECKPOINT_DIR
+        self._best_dir = self.workdir / BEST_DIR
+        self._last = _manager(self._last_dir, keep, async_save)
+        self._best = _manager(self._best_dir, None, async_save)
+        self._recorded_best_step = None  # best_step of the newest submitted training checkpoint
 
     def latest_step(self) -> int | None:
         """Step of the newest complete training checkpoint, or None."""
         return self._last.latest_step()
 
+    def best_steps(self) -> list[int]:
+        """Steps of the best-weights checkpoints on disk (one, or two while a new best is not yet
+        recorded in a training checkpoint)."""
+        return sorted(self._best.all_steps())
+
+    def _prune_best(self, keep_from: int | None = None, drop_after: int | None = None) -> None:
+        """Deletes best-weights checkpoints before `keep_from` and after `drop_after`."""
+        for step in self.best_steps():
+            if (keep_from is not None and step < keep_from) or (
+                drop_after is not None and step > drop_after
+            ):
+                self._best.delete(step)
+
+    def _prune_recorded_best(self) -> None:
+        """Once the newest training checkpoint is on disk, keeps no best older than its best."""
+        self._last.wait_until_finished()
+        if self._recorded_best_step is not None:
+            self._prune_best(keep_from=self._recorded_best_step)
+
     def save(self, step: int, state, meta: dict) -> None:
-        """Saves a training state (fields params, batch_stats, step, opt_state) and JSON `meta`."""
-        self._last.save(
+        """Saves a training state (fields params, batch_stats, step, opt_state) and a snapshot of
+        the JSON `meta` (which records "best_step")."""
+        self._prune_recorded_best()
+        snapshot = copy.deepcopy(meta)
+        saved = self._last.save(
             step,
             args=ocp.args.Composite(
                 model=ocp.args.StandardSave(
                     {"params": state.params, "batch_stats": state.batch_stats}
                 ),
                 optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-                meta=ocp.args.JsonSave(meta),
+                meta=ocp.args.JsonSave(snapshot),
             ),
         )
+        _check_saved(saved, step, self._last_dir)
+        self._recorded_best_step = snapshot.get("best_step")
 
     def restore(self, abstract_state, step: int | None = None):
         """Restores the training checkpoint at `step` (default latest) -> (state, meta).
 
         `abstract_state` is a state of `jax.ShapeDtypeStruct`s with shardings; the restored arrays
         take these shardings, so a run saved on one device count resumes on another (the
-        target's mesh, not the saved one, decides where the arrays go).
+        target's mesh, not the saved one, decides where the arrays go). Best weights saved after
+        `step` (by the run that went on past it) are deleted.
         """
         _check_has_shardings(abstract_state)
         step = self.latest_step() if step is None else step
@@ -117,31 +227,29 @@ class RunCheckpointer:
             step=restored.optimizer["step"],
             opt_state=restored.optimizer["opt_state"],
         )
-        return state, dict(restored.meta)
+        meta = dict(restored.meta)
+        self._recorded_best_step = meta.get("best_step")
+        self._prune_best(keep_from=self._recorded_best_step, drop_after=step)
+        return state, meta
 
     def save_best(self, step: int, params, batch_stats, meta: dict) -> None:
-        """Saves the weights with the best eval top-1 so far (replacing the previous best).
-
-        A run resumed after a kill may redo the eval of a best checkpoint it already wrote; that
-        (identical) checkpoint is replaced.
-        """
+        """Saves the weights with the best eval top-1 so far. A run resumed after a kill may
+        redo the eval of a best checkpoint it already wrote; that (identical) one is replaced."""
         if step in self._best.all_steps():
             self._best.delete(step)
-        self._best.save(
+        saved = self._best.save(
             step,
             args=ocp.args.Composite(
                 model=ocp.args.StandardSave({"params": params, "batch_stats": batch_stats}),
-                meta=ocp.args.JsonSave(meta),
+                meta=ocp.args.JsonSave(copy.deepcopy(meta)),
             ),
         )
-
-    def wait(self) -> None:
-        """Blocks until every pending asynchronous save is on disk."""
-        self._last.wait_until_finished()
-        self._best.wait_until_finished()
+        _check_saved(saved, step, self._best_dir)
 
     def close(self) -> None:
-        """Waits for pending saves and releases the managers."""
+        """Waits for pending saves, prunes superseded best weights and releases the managers."""
+        self._prune_recorded_best()
+        self._best.wait_until_finished()
         self._last.close()
         self._best.close()
 

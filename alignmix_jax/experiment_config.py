@@ -22,6 +22,8 @@ METHODS = (
     "alignmixup",
 )
 DIRECTIONS = ("random", "0", "1")
+PARTNER_MODES = ("global", "device")
+LAM_MODES = ("batch", "example")
 MODEL_NAMES = ("preact_resnet18", "wide_resnet", "resnet50")
 DATASET_NAMES = (
     "cifar10",
@@ -111,6 +113,13 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.mix.direction = "random"
     config.mix.input_prob = 0.5
     config.mix.manifold_stages = ("input", "stage1", "stage2")
+    # "global": partners drawn from the whole global batch (the single-GPU reference; results do
+    # not depend on the device count); "device": from each device's shard (DataParallel).
+    config.mix.partner = "global"
+    config.mix.lam_mode = "batch"  # "batch": one lam per batch (the paper); "example": one each
+    config.mix.label_smoothing = 0.0  # share of the mixed target spread over all classes
+    # Train without mixing after this epoch (None: mix to the end).
+    config.mix.off_after_epoch = config_dict.placeholder(float)
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
@@ -128,6 +137,8 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
+    # Stop at the first NaN or infinite loss or parameter, before anything non-finite is saved.
+    config.stop_on_divergence = True
     config.compute_dtype = "float32"
     config.distributed = False
     # Multi-host set-up for `jax.distributed.initialize` when `distributed`; unset: auto-detected
@@ -227,6 +238,15 @@ def validate_mix_config(mix: ml_collections.ConfigDict, stage_names: Sequence[st
     if mix.threshold is not None:
         _require_positive("mix.threshold", mix.threshold)
     _require_choice("mix.direction", str(mix.direction), DIRECTIONS)
+    _require_choice("mix.partner", mix.partner, PARTNER_MODES)
+    _require_choice("mix.lam_mode", mix.lam_mode, LAM_MODES)
+    smoothing = mix.label_smoothing
+    if isinstance(smoothing, bool) or not isinstance(smoothing, int | float) or not (
+        0.0 <= smoothing < 1.0
+    ):
+        _fail("mix.label_smoothing", smoothing, "a number in [0, 1)")
+    if mix.off_after_epoch is not None and mix.off_after_epoch < 0:
+        _fail("mix.off_after_epoch", mix.off_after_epoch, "None or a number of epochs >= 0")
     if isinstance(mix.input_prob, bool) or not 0.0 <= mix.input_prob <= 1.0:
         _fail("mix.input_prob", mix.input_prob, "a probability in [0, 1]")
     _require_choice("mix.stage", mix.stage, (LAST_STAGE, *stage_names))

@@ -7,13 +7,17 @@
         --config.distributed_coordinator=HOST0:PORT --config.distributed_num_processes=N \
         --config.distributed_process_id=I      # on each host I; omit the last three on a cluster
 
-Rerunning the same command on the same workdir resumes from its latest checkpoint.
+Rerunning the same command on the same workdir resumes from its latest checkpoint; with a changed
+config it refuses (listing the changes) unless `--accept_config_changes` is given. SIGTERM or SIGINT
+(a preemption, Ctrl-C) stops after the current step with a checkpoint there, exit status 128 + the
+signal number; a NaN or infinite loss stops the run naming the step (exit status 1).
 """
 
 from alignmix_jax import runtime
 
 runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
 
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 import jax  # noqa: E402
@@ -34,6 +38,11 @@ def define_flags() -> None:
         lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
+    flags.DEFINE_bool(
+        "accept_config_changes",
+        False,
+        "Resume a run whose config.json differs from --config (the changes are recorded).",
+    )
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -66,9 +75,16 @@ def main(argv: list[str]) -> None:
         if config.distributed:
             initialize_distributed(config)
         experiment_config.validate_config(config, jax.device_count(), jax.process_count())
-    except ValueError as error:
+        train.train_and_evaluate(
+            config, FLAGS.workdir, accept_config_changes=FLAGS.accept_config_changes
+        )
+    except train.RunInterrupted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        sys.exit(128 + signal.Signals[stop.signal_name].value)
+    except (ValueError, train.TrainingDivergedError) as error:
+        if FLAGS["verbosity"].present:
+            raise
         sys.exit(f"error: {error}")
-    train.train_and_evaluate(config, FLAGS.workdir)
 
 
 def _config_spec(argv: list[str]) -> str | None:

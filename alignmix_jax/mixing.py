@@ -93,14 +93,29 @@ def _box_paste(x, x_partner, lam, center_y, center_x):
     return mixed, lam_corrected
 
 
+def _example_keys(key, batch: int, name: str = "key") -> jax.Array:
+    """`(batch,)` keys, one per example: `key` itself when it already holds one key per example,
+    else `batch` keys split from the single `key`. Per-example keys make an example's draw depend
+    on its own key alone, so a batch split over devices draws what the whole batch would."""
+    key = _checks.as_array(key, name)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise ValueError(f"{name} must be a jax.random.key, got dtype {key.dtype}")
+    if key.shape == (batch,):
+        return key
+    if key.shape != ():
+        raise ValueError(f"{name} must be one key or ({batch},) keys, got shape {key.shape}")
+    return jax.random.split(key, batch)
+
+
 def cutmix(key, x, x_partner, lam):
     """CutMix: paste a box of each partner image into the image, one box per example.
 
     The box covers about `1 - lam` of the image: sides `sqrt(1 - lam)` of the image's, centre
-    uniform over the pixels (from `key`), clipped at the borders, as in the CutMix reference.
+    uniform over the pixels (from the example's key), clipped at the borders, as in the CutMix
+    reference.
 
     Args:
-      key: `jax.random` key for the box centres.
+      key: a `jax.random` key, or `(B,)` keys (one per example) for the box centres.
       x: `(B, H, W, C)` images that keep their pixels outside the box.
       x_partner: `(B, H, W, C)` partner images whose box is pasted into `x`.
       lam: target weight of `x` in [0, 1], a scalar or `(B,)`.
@@ -111,10 +126,14 @@ def cutmix(key, x, x_partner, lam):
     """
     x, x_partner = _images_pair(x, x_partner)
     batch, height, width, _ = x.shape
+    keys = _example_keys(key, batch)
     lam = jnp.broadcast_to(_checks.lam_array(lam, batch), (batch,))
-    key_y, key_x = jax.random.split(key)
-    center_y = jax.random.randint(key_y, (batch,), 0, height)
-    center_x = jax.random.randint(key_x, (batch,), 0, width)
+
+    def centre(example_key):
+        key_y, key_x = jax.random.split(example_key)
+        return jax.random.randint(key_y, (), 0, height), jax.random.randint(key_x, (), 0, width)
+
+    center_y, center_x = jax.vmap(centre)(keys)
     return _box_paste(x, x_partner, lam, center_y, center_x)
 
 
@@ -182,11 +201,12 @@ def saliencymix(key, x, x_partner, lam):
     """SaliencyMix: paste a box around each partner's most salient point into the image.
 
     The box has CutMix's size for `lam`; its centre is the argmax of the partner's
-    `spectral_residual_saliency`, ties broken uniformly at random with `key`; clipped at the
-    borders. As in the SaliencyMix reference, the partner's pixels are pasted into `x`.
+    `spectral_residual_saliency`, ties broken uniformly at random with the example's key; clipped
+    at the borders. As in the SaliencyMix reference, the partner's pixels are pasted into `x`.
 
     Args:
-      key: `jax.random` key for breaking ties between equally salient points.
+      key: a `jax.random` key, or `(B,)` keys (one per example) for breaking ties between equally
+        salient points.
       x: `(B, H, W, C)` images that keep their pixels outside the box.
       x_partner: `(B, H, W, C)` partner images whose salient box is pasted into `x`.
       lam: target weight of `x` in [0, 1], a scalar or `(B,)`.
@@ -197,10 +217,11 @@ def saliencymix(key, x, x_partner, lam):
     """
     x, x_partner = _images_pair(x, x_partner)
     batch, _, width, _ = x.shape
+    keys = _example_keys(key, batch)
     lam = jnp.broadcast_to(_checks.lam_array(lam, batch), (batch,))
     saliency = spectral_residual_saliency(x_partner).reshape(batch, -1)
     is_peak = saliency >= saliency.max(axis=1, keepdims=True)
-    peak = jax.random.categorical(key, jnp.where(is_peak, 0.0, -jnp.inf), axis=1)
+    peak = jax.vmap(jax.random.categorical)(keys, jnp.where(is_peak, 0.0, -jnp.inf))
     return _box_paste(x, x_partner, lam, peak // width, peak % width)
 
 
@@ -224,15 +245,17 @@ def mix_labels(y, y_partner, lam, num_classes):
     return lam * one_hot + (1.0 - lam) * one_hot_partner
 
 
-def mixed_cross_entropy(logits, y, y_partner, lam):
+def mixed_cross_entropy(logits, y, y_partner, lam, label_smoothing=0.0):
     """Batch mean of `lam * CE(logits, y) + (1 - lam) * CE(logits, y_partner)`.
 
-    Equal to the cross-entropy against `mix_labels(y, y_partner, lam, K)`.
+    Equal to the cross-entropy against `mix_labels(y, y_partner, lam, K)`. With label smoothing
+    `s`, against `(1 - s) * mix_labels(...) + s / K` (the mixed target smoothed as timm does).
 
     Args:
       logits: `(B, K)` (any float dtype; computed in float32).
       y: int `(B,)` class indices; y_partner: int `(B,)` partner class indices.
       lam: weight of `y` in [0, 1], a scalar or `(B,)`.
+      label_smoothing: `s` in [0, 1): the share of the target spread uniformly over the K classes.
 
     Returns:
       float32 scalar.
@@ -244,7 +267,12 @@ def mixed_cross_entropy(logits, y, y_partner, lam):
     y = _checks.labels(y, "y", batch_size=batch)
     y_partner = _checks.labels(y_partner, "y_partner", batch_size=batch)
     lam = _checks.lam_array(lam, batch)
+    if not isinstance(label_smoothing, int | float) or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
     nll_partner = -jnp.take_along_axis(log_probs, y_partner[:, None], axis=1)[:, 0]
-    return jnp.mean(lam * nll + (1.0 - lam) * nll_partner)
+    mixed = lam * nll + (1.0 - lam) * nll_partner
+    if label_smoothing:
+        mixed = (1.0 - label_smoothing) * mixed - label_smoothing * log_probs.mean(axis=-1)
+    return jnp.mean(mixed)

@@ -6,8 +6,12 @@ are `lax.pmean`ed, and the SGD update runs on the replicated state.
 """
 
 import json
+import os
 import pathlib
+import signal
 import statistics
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +22,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from alignmix_jax import checkpointing, data, experiment_config, logging_utils, models, parallel
-from alignmix_jax.mixing import cutmix, mixed_cross_entropy, mixup, saliencymix, sample_lam
-from alignmix_jax.ot import align_mix
+from alignmix_jax import (
+    checkpointing,
+    data,
+    experiment_config,
+    logging_utils,
+    method,
+    models,
+    parallel,
+)
+from alignmix_jax.mixing import mixed_cross_entropy
 
 DATA_AXIS = parallel.DATA_AXIS
 SUMMARY_FILE = "summary.json"
@@ -114,115 +126,10 @@ def create_train_state(
     return jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))()
 
 
-def _train_forward(model, params, batch_stats, inputs, start_at="input", stop_at=None):
-    """Train-mode forward of the stages after `start_at` through `stop_at` (None: the head).
-
-    Returns (output, new batch_stats); BatchNorm statistics are synced over the model's axis.
-    """
-    (output, _), mutated = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        inputs,
-        train=True,
-        start_at=start_at,
-        stop_at=stop_at,
-        mutable=["batch_stats"],
-    )
-    return output, mutated["batch_stats"]
-
-
-def _forward_mixing_once(model, params, batch_stats, images, perm, stages, mix_fns, choice):
-    """One forward pass that mixes the output of exactly one of `stages` with its permuted copy.
-
-    `stages` are stage names in model order; `mix_fns[k](features, partner) -> mixed` mixes at
-    `stages[k]`; `choice` (traced int, the same on every device) picks k. The model runs in
-    segments between the candidate stages, so nothing is computed twice, and the conditionals
-    hold only the cheap mixing, never a network segment (XLA runs conditionals sequentially,
-    and BatchNorm collectives stay outside them). Returns (logits (B, K), new batch_stats).
-    """
-    hidden, position = images, "input"
-    for index, stage in enumerate(stages):
-        if stage != position:
-            hidden, batch_stats = _train_forward(
-                model, params, batch_stats, hidden, position, stage
-            )
-            position = stage
-
-        def mix(features, mix_fn=mix_fns[index]):
-            return mix_fn(features, features[perm]).astype(features.dtype)
-
-        if len(stages) == 1:
-            hidden = mix(hidden)
-        else:
-            hidden = jax.lax.cond(choice == index, mix, lambda features: features, hidden)
-    return _train_forward(model, params, batch_stats, hidden, position)
-
-
-def make_mixed_forward(model: models.StagedClassifier, mix_config: ml_collections.ConfigDict):
-    """The per-device mixed forward of `mix_config.method`.
-
-    Returns `forward(params, batch_stats, images, labels, shared_key, device_key)` ->
-    `(logits (B, K), new batch_stats, partner labels (B,), lam scalar or (B,))`, for use inside
-    `shard_map` over `data`. `shared_key` must be identical on every device: it draws lam, the
-    input/aligned coin, the direction coin and the manifold stage, which select `lax.cond`
-    branches and which stages' outputs BatchNorm (synced over `data`) sees; devices taking
-    different branches would diverge, or deadlock in a collective. `device_key` differs per
-    device (the axis index is folded in): it draws the permutation that picks each example's
-    partner and the CutMix boxes.
-    """
-    method = mix_config.method
-    stage_names = model.stage_names
-    stage = experiment_config.resolve_stage(mix_config.stage, stage_names)
-    manifold_stages = sorted(
-        {experiment_config.resolve_stage(name, stage_names) for name in mix_config.manifold_stages},
-        key=stage_names.index,
-    )
-    ot_options = dict(
-        epsilon=mix_config.epsilon,
-        num_iters=mix_config.num_iters,
-        threshold=mix_config.threshold,
-        scale_cost=mix_config.scale_cost,
-    )
-
-    def forward(params, batch_stats, images, labels, shared_key, device_key):
-        lam_key, coin_key, direction_key, stage_key = jax.random.split(shared_key, 4)
-        perm_key, box_key = jax.random.split(device_key)
-        if method == "none":
-            logits, batch_stats = _train_forward(model, params, batch_stats, images)
-            return logits, batch_stats, labels, jnp.ones((), jnp.float32)
-        lam = sample_lam(lam_key, mix_config.alpha)
-        perm = jax.random.permutation(perm_key, images.shape[0])
-
-        def linear_mix(features, partner):
-            return mixup(features, partner, lam)
-
-        def aligned_mix(features, partner):
-            if mix_config.direction == "random":
-                direction = jax.random.bernoulli(direction_key).astype(jnp.int32)
-            else:
-                direction = int(mix_config.direction)
-            return align_mix(features, partner, lam, direction=direction, **ot_options)
-
-        if method in ("cutmix", "saliencymix"):
-            mix_images = cutmix if method == "cutmix" else saliencymix
-            mixed, lam = mix_images(box_key, images, images[perm], lam)
-            logits, batch_stats = _train_forward(model, params, batch_stats, mixed)
-            return logits, batch_stats, labels[perm], lam
-        if method == "input_mixup":
-            stages, mix_fns, choice = ("input",), (linear_mix,), 0
-        elif method == "manifold_mixup":
-            stages, mix_fns = manifold_stages, (linear_mix,) * len(manifold_stages)
-            choice = jax.random.randint(stage_key, (), 0, len(stages))
-        elif method == "alignmix":
-            stages, mix_fns, choice = (stage,), (aligned_mix,), 0
-        else:  # alignmixup: a coin picks input mixup or aligned mixup at `stage`.
-            stages, mix_fns = ("input", stage), (linear_mix, aligned_mix)
-            choice = 1 - jax.random.bernoulli(coin_key, mix_config.input_prob).astype(jnp.int32)
-        logits, batch_stats = _forward_mixing_once(
-            model, params, batch_stats, images, perm, stages, mix_fns, choice
-        )
-        return logits, batch_stats, labels[perm], lam
-
-    return forward
+def _all_finite(tree) -> jax.Array:
+    """True when every array of `tree` is free of NaN and infinity (a bool scalar)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
 
 
 def make_train_step(
@@ -236,37 +143,37 @@ def make_train_step(
 
     `state` replicated; `batch` {"image": (B, H, W, C), "label": (B,)} sharded over `data` (B the
     global batch); `base_key` a replicated key. The step key is `fold_in(base_key, state.step)`,
-    so a resumed run draws exactly what an uninterrupted one would. `state` is donated. Metrics (all
-    replicated scalars): loss (mean over devices of the per-device mixed loss), learning_rate, lam.
+    the same on every device, so a resumed run draws exactly what an uninterrupted one would.
+    `state` is donated. Metrics (replicated scalars): loss (the mean mixed loss of the global
+    batch), lam (its mean label weight), learning_rate, and finite (loss and new parameters free
+    of NaN and infinity).
     """
-    forward = make_mixed_forward(model, mix_config)
+    forward = method.make_mixed_forward(model, mix_config, DATA_AXIS)
 
     def per_device_step(state: TrainState, batch: dict, base_key: jax.Array):
         step_key = jax.random.fold_in(base_key, state.step)
-        shared_key, device_key = jax.random.split(step_key)
-        device_key = jax.random.fold_in(device_key, jax.lax.axis_index(DATA_AXIS))
         images, labels = batch["image"], batch["label"]
 
         def loss_fn(params):
-            logits, batch_stats, partner_labels, lam = forward(
-                params, state.batch_stats, images, labels, shared_key, device_key
+            out = forward(params, state.batch_stats, images, labels, step_key)
+            loss = mixed_cross_entropy(
+                out.logits, labels, out.partner_labels, out.lam, mix_config.label_smoothing
             )
-            loss = mixed_cross_entropy(logits, labels, partner_labels, lam)
-            return loss, (batch_stats, jnp.mean(lam))
+            return loss, out
 
-        (loss, (batch_stats, lam)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = jax.lax.pmean(grads, DATA_AXIS)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
+            step=state.step + 1, params=params, batch_stats=out.batch_stats, opt_state=opt_state
         )
+        loss = jax.lax.pmean(loss, DATA_AXIS)
         metrics = {
-            "loss": jax.lax.pmean(loss, DATA_AXIS),
-            "lam": jax.lax.pmean(lam, DATA_AXIS),
+            "loss": loss,
+            "lam": jax.lax.pmean(jnp.mean(out.lam), DATA_AXIS),
             "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+            "finite": jnp.isfinite(loss) & _all_finite(params),
         }
         return new_state, metrics
 
@@ -315,7 +222,7 @@ def make_eval_step(model: models.StagedClassifier, mesh: jax.sharding.Mesh) -> C
     return jax.jit(sharded_eval)
 
 
-def evaluate(eval_step: Callable, state: TrainState, config, mesh) -> dict[str, float]:
+def evaluate_split(eval_step: Callable, state: TrainState, config, mesh) -> dict[str, float]:
     """Test top-1 and top-5 accuracy (in %) over one pass of the eval split."""
     totals = None
     batches = data.make_eval_iterator(config.data, config.eval_batch_size)
@@ -330,10 +237,9 @@ def evaluate(eval_step: Callable, state: TrainState, config, mesh) -> dict[str, 
     }
 
 
-def _mean_metrics(step_metrics: list[dict]) -> dict[str, float]:
-    """Host means of a list of per-step metric dicts of device scalars (blocks on them)."""
-    stacked = jax.device_get(jax.tree.map(lambda *values: jnp.stack(values), *step_metrics))
-    return {name: float(np.mean(values)) for name, values in stacked.items()}
+def _host_metrics(step_metrics: list[dict]) -> dict[str, np.ndarray]:
+    """Per-step metric dicts of device scalars -> {name: (steps,) host array} (blocks on them)."""
+    return jax.device_get(jax.tree.map(lambda *values: jnp.stack(values), *step_metrics))
 
 
 def _abstract(tree):
@@ -343,7 +249,11 @@ def _abstract(tree):
 
 
 class _Throughput:
-    """Images/s over log intervals; the interval holding the first (compiling) step is dropped."""
+    """Images/s over log intervals; the interval holding the first (compiling) step is dropped.
+
+    (clu's `periodic_actions.ReportProgress` would do this, but clu cannot be imported without
+    TensorFlow, which training does not need.)
+    """
 
     def __init__(self, global_batch_size: int):
         self.global_batch_size = global_batch_size
@@ -376,19 +286,163 @@ class _Throughput:
         return statistics.median(self.rates) if self.rates else fallback
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+class TrainingDivergedError(RuntimeError):
+    """The loss or the parameters became NaN or infinite; nothing from that step on was saved."""
+
+
+class RunInterrupted(Exception):
+    """The run stopped on SIGTERM or SIGINT after writing a checkpoint at `step`; rerunning the
+    same command resumes it. `signal_name` is e.g. "SIGTERM"."""
+
+    def __init__(self, signal_name: str, step: int, workdir):
+        self.signal_name, self.step = signal_name, step
+        super().__init__(
+            f"{signal_name}: stopped after step {step} and wrote its checkpoint in "
+            f"{pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR}; rerun the same command "
+            "to resume"
+        )
+
+
+class StopSignals:
+    """Turns SIGTERM and SIGINT into a request to stop after the current step (a context manager).
+
+    One process: the handlers set a flag, read after each step. Several processes: SIGTERM goes to
+    JAX's preemption service (started by `jax.distributed.initialize`), which agrees on one step at
+    which every process stops (`multihost_utils.reached_preemption_sync_point`); SIGINT is passed
+    on to it as SIGTERM.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
+        multi_process = jax.process_count() > 1
+        for signum in self.SIGNALS:
+            if multi_process and signum == signal.SIGTERM:
+                continue
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        self.received = signal.Signals(signum).name
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether every process stops after `step`; call once per step on every process."""
+        if jax.process_count() > 1:
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.received = self.received or "SIGTERM"
+                return True
+            return False
+        return self.received is not None
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _check_finite(history: dict, first_step: int, workdir, last_checkpoint: int | None) -> None:
+    """Raises TrainingDivergedError naming the first step of `history` (per-step metrics from
+    `first_step` on) whose loss or parameters are not finite."""
+    bad = np.flatnonzero(~np.asarray(history["finite"], bool))
+    if not bad.size:
+        return
+    index = int(bad[0])
+    where = (
+        f"step {last_checkpoint} in {pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR}"
+        if last_checkpoint is not None
+        else "none: no checkpoint was written yet"
+    )
+    raise TrainingDivergedError(
+        f"training diverged at step {first_step + index}: loss {history['loss'][index]}, "
+        f"learning rate {history['learning_rate'][index]:.6g} (the loss or a parameter is NaN or "
+        f"infinite). Nothing from that step on was saved; the last good checkpoint is {where}. "
+        "Lower --config.optimizer.learning_rate and rerun (with --accept_config_changes to "
+        "resume), or set --config.stop_on_divergence=False to train on regardless."
+    )
+
+
+def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> float:
+    """Writes the train metrics of the interval ending at `step`; returns its images/s."""
+    rate = throughput.close_interval()
+    loss = float(np.mean(history["loss"]))
+    learning_rate = float(np.mean(history["learning_rate"]))
+    logger.write(step, {"train_loss": loss, "learning_rate": learning_rate, "images_per_sec": rate})
+    logger.advance(
+        step, {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "img/s": f"{rate:.0f}"}
+    )
+    return rate
+
+
+def _evaluate_and_keep_best(
+    eval_step, state, step, config, mesh, meta, checkpointer, logger, total_steps
+) -> None:
+    """Evaluates at `step`, records it in `meta` and saves the weights when they are the best."""
+    result = evaluate_split(eval_step, state, config, mesh)
+    meta["last_eval"] = {"step": step, **result}
+    if result["top1"] > meta["best_top1"]:
+        meta.update(best_top1=result["top1"], best_top5=result["top5"], best_step=step)
+        checkpointer.save_best(step, state.params, state.batch_stats, meta["last_eval"])
+    logger.write(step, {"eval_top1": result["top1"], "eval_top5": result["top5"]})
+    logger.message(
+        f"step {step}/{total_steps}: test top-1 {result['top1']:.2f}% "
+        f"top-5 {result['top5']:.2f}% (best {meta['best_top1']:.2f}% at step {meta['best_step']})"
+    )
+
+
+def prepare_workdir(workdir) -> pathlib.Path:
+    """Creates `workdir` if needed and checks that files can be written there; a ValueError with
+    one line naming the problem otherwise (a file in the way, a read-only folder, ...)."""
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir={str(workdir)!r} is a file; expected a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"workdir={str(workdir)!r} cannot be written: {error.strerror or error}"
+        ) from None
+    return workdir
+
+
+def _mixing_steps(config, steps_per_epoch: int, total_steps: int) -> int:
+    """The last step that mixes: `mix.off_after_epoch` in steps, else the last step."""
+    if config.mix.off_after_epoch is None:
+        return total_steps
+    return int(round(config.mix.off_after_epoch * steps_per_epoch))
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir, *, accept_config_changes: bool = False
+) -> dict:
     """Trains and evaluates `config` in `workdir`; resumes from the latest checkpoint there.
 
     Writes config.json, metrics.jsonl, TensorBoard events, checkpoints/ (last
     `config.keep_checkpoints`), best/ (the weights with the best eval top-1) and summary.json
     (host 0 writes the files; every host takes part in checkpoints).
 
+    Resuming with a config that differs from the run's config.json (apart from where and how it
+    runs: logging, paths, hosts) raises `checkpointing.ConfigChangedError` listing the changes,
+    unless `accept_config_changes`, which records them in config_changes.jsonl. SIGTERM or SIGINT
+    stops the run after the current step with a checkpoint there (`RunInterrupted`). A NaN or
+    infinite loss or parameter raises `TrainingDivergedError` before anything non-finite is saved
+    (unless `config.stop_on_divergence` is False).
+
     Returns:
       {"final_top1", "final_top5", "best_top1", "best_top5", "best_step", "images_per_sec",
        "steps", "wall_time_sec"}; accuracies in %.
     """
     wall_start = time.perf_counter()
-    workdir = pathlib.Path(workdir)
+    workdir = prepare_workdir(workdir)
     mesh = parallel.make_data_mesh()
     experiment_config.validate_config(config, mesh.size, jax.process_count())
     is_writer = jax.process_index() == 0
@@ -396,6 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     info = data.get_dataset_info(config.data)
     steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)
     total_steps = total_train_steps(config, steps_per_epoch)
+    last_mixing_step = _mixing_steps(config, steps_per_epoch, total_steps)
     eval_every = config.eval_every_steps or steps_per_epoch
     model = models.build_model(
         config.model,
@@ -410,7 +465,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     checkpointer = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints)
     meta = {"best_top1": -1.0, "best_top5": -1.0, "best_step": 0, "last_eval": None}
-    if checkpointer.latest_step() is not None:
+    last_checkpoint = checkpointer.latest_step()
+    if last_checkpoint is not None:
+        checkpointing.check_resumed_config(
+            config, workdir, last_checkpoint, accept_config_changes, is_writer
+        )
         state, meta = checkpointer.restore(_abstract(state))
     start_step = int(jax.device_get(state.step))
     if is_writer:
@@ -427,7 +486,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     if start_step:
         logger.message(f"Resumed from the checkpoint at step {start_step} in {workdir}.")
 
-    train_step = make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
+    mixing_step = make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
+    plain_mix = ml_collections.ConfigDict(config.mix.to_dict())
+    plain_mix.method = "none"
+    steps = {
+        True: mixing_step,
+        False: make_train_step(model, plain_mix, optimizer, learning_rate_fn, mesh),
+    }
     eval_step = make_eval_step(model, mesh)
     batches = data.prefetch_to_mesh(
         data.make_train_iterator(
@@ -436,42 +501,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         mesh,
     )
     throughput = _Throughput(config.batch_size)
-    step_metrics = []
+    step_metrics, first_unchecked = [], start_step + 1
     rate = 0.0
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = train_step(state, next(batches), base_key)
-        step_metrics.append(metrics)
-        throughput.add_steps(1)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            means = _mean_metrics(step_metrics)
-            rate = throughput.close_interval()
-            step_metrics = []
-            loss, learning_rate = means["loss"], means["learning_rate"]
-            logger.write(
-                step, {"train_loss": loss, "learning_rate": learning_rate, "images_per_sec": rate}
-            )
-            postfix = {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "img/s": f"{rate:.0f}"}
-            logger.advance(step, postfix)
-        paused_at = throughput.pause()
-        if step % eval_every == 0 or step == total_steps:
-            result = evaluate(eval_step, state, config, mesh)
-            meta["last_eval"] = {"step": step, **result}
-            if result["top1"] > meta["best_top1"]:
-                meta.update(best_top1=result["top1"], best_top5=result["top5"], best_step=step)
-                checkpointer.save_best(step, state.params, state.batch_stats, meta["last_eval"])
-            logger.write(step, {"eval_top1": result["top1"], "eval_top5": result["top5"]})
-            logger.message(
-                f"step {step}/{total_steps}: test top-1 {result['top1']:.2f}% "
-                f"top-5 {result['top5']:.2f}% "
-                f"(best {meta['best_top1']:.2f}% at step {meta['best_step']})"
-            )
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            meta["images_per_sec"] = throughput.median(fallback=rate)
-            checkpointer.save(step, state, meta)
-        throughput.resume(paused_at)
-    batches.close()  # stops the prefetch thread
-    checkpointer.close()
-    logger.close()
+    try:
+        with StopSignals() as signals:
+            for step in range(start_step + 1, total_steps + 1):
+                train_step = steps[step <= last_mixing_step]
+                state, metrics = train_step(state, next(batches), base_key)
+                step_metrics.append(metrics)
+                throughput.add_steps(1)
+                stopping = signals.should_stop(step)
+                log_now = step % config.log_every_steps == 0 or step == total_steps or stopping
+                eval_now = step % eval_every == 0 or step == total_steps
+                save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
+                if not (log_now or eval_now or save_now or stopping):
+                    continue
+                history = _host_metrics(step_metrics)
+                step_metrics = []
+                if config.stop_on_divergence:
+                    _check_finite(history, first_unchecked, workdir, last_checkpoint)
+                first_unchecked = step + 1
+                if log_now:
+                    rate = _log_interval(logger, throughput, step, history)
+                paused_at = throughput.pause()
+                if eval_now:
+                    _evaluate_and_keep_best(eval_step, state, step, config, mesh, meta,
+                                            checkpointer, logger, total_steps)
+                if save_now or stopping:
+                    meta["images_per_sec"] = throughput.median(fallback=rate)
+                    checkpointer.save(step, state, meta)
+                    last_checkpoint = step
+                throughput.resume(paused_at)
+                if stopping:
+                    raise RunInterrupted(signals.received, step, workdir)
+    finally:
+        batches.close()  # stops the prefetch thread
+        checkpointer.close()
+        logger.close()
 
     last_eval = meta["last_eval"] or {"top1": float("nan"), "top5": float("nan")}
     summary = {

@@ -1,0 +1,183 @@
+"""AlignMixup (Venkataramanan et al., CVPR 2022) and the mixup family, as one training forward pass.
+
+For a batch (x, y) on each device, with one key shared by every device:
+
+  1. lam ~ Beta(alpha, alpha): one per batch (the paper), or one per example (`lam_mode="example"`).
+  2. The partner of each example: the batch under a random permutation, `perm`. `partner="global"`
+     permutes the global batch (the partner's image or features are gathered from its device), so a
+     run on N devices mixes exactly the pairs a run on one device would; `partner="device"` permutes
+     each device's shard, as `DataParallel` in the reference ImageNet code does.
+  3. The mixing, by `method`:
+     - alignmixup: a coin, input with probability `input_prob`, picks
+         input mixup:   x~ = lam x + (1 - lam) x[perm],   logits = f(x~)  (BatchNorm sees x~);
+         aligned mixup: A = encoder(x) (BatchNorm sees the clean x), A' = A[perm], P the entropic
+                        OT plan between A's and A''s positions (`ot.align_mix`), R = r P, and a
+                        second, fair, coin picks the direction:
+                          0: A~ = lam A + (1 - lam) R A'      (A' moved onto A's positions)
+                          1: A~ = lam R^T A + (1 - lam) A'    (A moved onto A''s positions)
+                        logits = head(A~).
+     - alignmix: always aligned mixup, at `stage` (default the last map).
+     - input_mixup: always input mixup. manifold_mixup: lam A_k + (1 - lam) A_k[perm] at a stage k
+       drawn uniformly from `manifold_stages`. cutmix / saliencymix: a box of x[perm] pasted into x
+       (random / around the partner's most salient point); lam becomes the kept area.
+     - none: logits = f(x), lam = 1.
+  4. The loss (`mixing.mixed_cross_entropy`): lam CE(logits, y) + (1 - lam) CE(logits, y[perm]),
+     optionally against label-smoothed targets.
+
+The model runs in segments between the candidate mixing points, so nothing is computed twice, and
+the conditionals hold only the cheap mixing, never a network segment.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from alignmix_jax import models
+from alignmix_jax.experiment_config import resolve_stage
+from alignmix_jax.mixing import cutmix, mixup, saliencymix, sample_lam
+from alignmix_jax.ot import align_mix
+
+
+@flax.struct.dataclass
+class MixedForward:
+    """What one mixed forward pass on a device computed, and the random draws it made.
+
+    logits `(b, K)` float32; batch_stats (updated in train mode); partner_labels `(b,)` int32;
+    lam `(b,)` float32, the label weight of each example's own class; partner `(b,)` int32, each
+    example's partner as a row of the global batch ("global") or of the shard ("device"); branch
+    int32, the index in `mixing_points(...)` of the point where the batch was mixed (0 for none,
+    cutmix, saliencymix); direction int32, the draw of AlignMix's direction coin (0 or 1; it acts
+    only when the branch is an aligned one; 0 for none, cutmix, saliencymix).
+    """
+
+    logits: jax.Array
+    batch_stats: Any
+    partner_labels: jax.Array
+    lam: jax.Array
+    partner: jax.Array
+    branch: jax.Array
+    direction: jax.Array
+
+
+def mixing_points(model: models.StagedClassifier, mix: ml_collections.ConfigDict):
+    """`(stages, kinds)`: the candidate mixing points of `mix.method` in model order, and for each
+    one "linear" (mixup) or "aligned" (AlignMix). Empty for none, cutmix and saliencymix."""
+    stage = resolve_stage(mix.stage, model.stage_names)
+    if mix.method == "input_mixup":
+        return ("input",), ("linear",)
+    if mix.method == "manifold_mixup":
+        names = {resolve_stage(name, model.stage_names) for name in mix.manifold_stages}
+        stages = tuple(sorted(names, key=model.stage_names.index))
+        return stages, ("linear",) * len(stages)
+    if mix.method == "alignmix":
+        return (stage,), ("aligned",)
+    if mix.method == "alignmixup":
+        return ("input", stage), ("linear", "aligned")
+    return (), ()
+
+
+def _train_forward(model, params, batch_stats, inputs, start_at="input", stop_at=None):
+    """Train-mode forward of the stages after `start_at` through `stop_at` (None: the head) ->
+    (output, new batch_stats); BatchNorm statistics are synced over the model's axis."""
+    (output, _), mutated = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        inputs,
+        train=True,
+        start_at=start_at,
+        stop_at=stop_at,
+        mutable=["batch_stats"],
+    )
+    return output, mutated["batch_stats"]
+
+
+def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | None = None):
+    """The per-device mixed forward of `mix.method`:
+    `forward(params, batch_stats, images (b, H, W, C), labels (b,), key) -> MixedForward`.
+
+    Inside `jax.shard_map`, `axis_name` is the data axis and `key` must be the same on every
+    device: it draws lam, the coins, the stage and (with partner "global") the permutation, which
+    pick `lax.cond` branches on every device alike. Per-example draws (lam, CutMix boxes) are made
+    for the whole global batch and sliced, so they do not depend on the number of devices.
+    """
+    stages, kinds = mixing_points(model, mix)
+    ot_options = dict(
+        epsilon=mix.epsilon, num_iters=mix.num_iters, threshold=mix.threshold,
+        scale_cost=mix.scale_cost,
+    )
+
+    def forward(params, batch_stats, images, labels, key) -> MixedForward:
+        local = images.shape[0]
+        devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+        device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
+        lam_key, perm_key, coin_key, direction_key, stage_key, box_key = jax.random.split(key, 6)
+
+        def local_rows(per_example):  # this device's rows of a global-batch draw
+            return jax.lax.dynamic_slice_in_dim(per_example, device * local, local)
+
+        if mix.partner == "global":
+            partner = local_rows(jax.random.permutation(perm_key, local * devices))
+
+            def partner_of(features):
+                if axis_name is not None:
+                    features = jax.lax.all_gather(features, axis_name, tiled=True)
+                return features[partner]
+        else:
+            partner = jax.random.permutation(jax.random.fold_in(perm_key, device), local)
+
+            def partner_of(features):
+                return features[partner]
+
+        zero = jnp.zeros((), jnp.int32)
+        if mix.method == "none":
+            logits, batch_stats = _train_forward(model, params, batch_stats, images)
+            ones = jnp.ones((local,), jnp.float32)
+            return MixedForward(logits, batch_stats, labels, ones, jnp.arange(local), zero, zero)
+        if mix.lam_mode == "example":
+            lam = local_rows(sample_lam(lam_key, mix.alpha, (local * devices,)))
+        else:
+            lam = jnp.broadcast_to(sample_lam(lam_key, mix.alpha), (local,))
+        partner_labels = partner_of(labels)
+        if mix.direction == "random":
+            direction = jax.random.bernoulli(direction_key).astype(jnp.int32)
+        else:
+            direction = jnp.asarray(int(mix.direction), jnp.int32)
+
+        if mix.method in ("cutmix", "saliencymix"):
+            paste = cutmix if mix.method == "cutmix" else saliencymix
+            box_keys = local_rows(jax.random.split(box_key, local * devices))
+            mixed, lam = paste(box_keys, images, partner_of(images), lam)
+            logits, batch_stats = _train_forward(model, params, batch_stats, mixed)
+            return MixedForward(logits, batch_stats, partner_labels, lam, partner, zero, zero)
+
+        if mix.method == "alignmixup":
+            branch = jax.random.bernoulli(coin_key, 1.0 - mix.input_prob).astype(jnp.int32)
+        else:
+            branch = jax.random.randint(stage_key, (), 0, len(stages))
+        mix_fns = {
+            "linear": lambda features: mixup(features, partner_of(features), lam),
+            "aligned": lambda features: align_mix(
+                features, partner_of(features), lam, direction=direction, **ot_options
+            ),
+        }
+        hidden, position = images, "input"
+        for index, (stage, kind) in enumerate(zip(stages, kinds, strict=True)):
+            if stage != position:
+                hidden, batch_stats = _train_forward(
+                    model, params, batch_stats, hidden, position, stage
+                )
+                position = stage
+
+            def mix_here(features, mix_fn=mix_fns[kind]):
+                return mix_fn(features).astype(features.dtype)
+
+            if len(stages) == 1:
+                hidden = mix_here(hidden)
+            else:
+                hidden = jax.lax.cond(branch == index, mix_here, lambda features: features, hidden)
+        logits, batch_stats = _train_forward(model, params, batch_stats, hidden, position)
+        return MixedForward(logits, batch_stats, partner_labels, lam, partner, branch, direction)
+
+    return forward

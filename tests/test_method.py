@@ -1,0 +1,227 @@
+"""The mixed forward pass (`method.make_mixed_forward`) against forwards rebuilt by hand.
+
+For each method, the forward's own draws (lam, partner, branch, direction) are read back and the
+forward is rebuilt from the public pieces (`model.apply` slices, `mixup`, `align_mix`, `cutmix`):
+the input branch mixes the images and BatchNorm sees the mixed batch; the aligned branch runs the
+encoder on the clean batch, aligns and mixes the last map, then the head. Logits, updated
+BatchNorm statistics, partner labels and lam must agree. Then: the same on 8 devices with global
+partners, and the draws' distributions.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from alignmix_jax import align_mix, cutmix, experiment_config, method, mixup, models, parallel
+from alignmix_jax.mixing import saliencymix
+
+NUM_CLASSES = 10
+BATCH = 16
+IMAGE_SHAPE = (16, 16, 3)
+MODEL = {"name": "preact_resnet18", "stage_sizes": (1, 1), "base_width": 8}
+LAST = "stage2"
+MANIFOLD_STAGES = ("input", "stage1", "stage2")
+# The documented use of the key: split(key, 6) -> lam, perm, coin, direction, stage, box.
+BOX_KEY_INDEX = 5
+
+
+def mix_config(name: str, **changes):
+    mix = experiment_config.default_config("digits").mix
+    mix.method = name
+    mix.num_iters = 20
+    mix.update(changes)
+    return mix
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = models.build_model(MODEL, NUM_CLASSES)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(BATCH, *IMAGE_SHAPE)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, NUM_CLASSES, BATCH), jnp.int32)
+    variables = model.init(jax.random.key(1), images, train=False)
+    return model, variables, images, labels
+
+
+def train_apply(model, variables, x, start_at="input", stop_at=None):
+    """(output, variables with the updated batch_stats) of a train-mode slice."""
+    (out, _), mutated = model.apply(
+        variables, x, train=True, start_at=start_at, stop_at=stop_at, mutable=["batch_stats"]
+    )
+    return out, {"params": variables["params"], "batch_stats": mutated["batch_stats"]}
+
+
+def by_hand(model, variables, images, labels, out, mix, key):
+    """The method's forward rebuilt from its draws: (logits, batch_stats)."""
+    partner, lam = np.asarray(out.partner), out.lam
+    options = dict(epsilon=mix.epsilon, num_iters=mix.num_iters)
+    if mix.method == "none":
+        logits, variables = train_apply(model, variables, images)
+        return logits, variables["batch_stats"]
+    if mix.method in ("cutmix", "saliencymix"):
+        box_keys = jax.random.split(jax.random.split(key, 6)[BOX_KEY_INDEX], BATCH)
+        lam_drawn = jax.random.beta(jax.random.split(key, 6)[0], mix.alpha, mix.alpha)
+        paste = cutmix if mix.method == "cutmix" else saliencymix
+        mixed, corrected = paste(box_keys, images, images[partner], lam_drawn)
+        np.testing.assert_allclose(out.lam, corrected, rtol=1e-6)
+        logits, variables = train_apply(model, variables, mixed)
+        return logits, variables["batch_stats"]
+    branch = int(out.branch)
+    if mix.method == "input_mixup" or (mix.method == "alignmixup" and branch == 0):
+        stage, aligned = "input", False
+    elif mix.method == "manifold_mixup":
+        stage, aligned = MANIFOLD_STAGES[branch], False
+    else:
+        stage, aligned = LAST, True
+    features = images
+    if stage != "input":
+        features, variables = train_apply(model, variables, images, stop_at=stage)
+    if aligned:
+        direction = int(out.direction)
+        mixed = align_mix(features, features[partner], lam, direction=direction, **options)
+    else:
+        mixed = mixup(features, features[partner], lam)
+    logits, variables = train_apply(model, variables, mixed, start_at=stage)
+    return logits, variables["batch_stats"]
+
+
+def assert_close_trees(a, b, rtol=1e-5, atol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+CASES = [
+    ("none", {}),
+    ("input_mixup", {}),
+    ("manifold_mixup", {}),
+    ("cutmix", {}),
+    ("saliencymix", {}),
+    ("alignmix", {"direction": "0"}),
+    ("alignmix", {"direction": "1"}),
+    ("alignmixup", {"input_prob": 1.0}),
+    ("alignmixup", {"input_prob": 0.0, "direction": "0"}),
+    ("alignmixup", {"input_prob": 0.0, "direction": "1"}),
+    ("input_mixup", {"lam_mode": "example"}),
+    ("alignmix", {"lam_mode": "example"}),
+]
+
+
+@pytest.mark.parametrize(("name", "changes"), CASES)
+def test_forward_equals_the_method_rebuilt_by_hand(setup, name, changes):
+    model, variables, images, labels = setup
+    mix = mix_config(name, **changes)
+    forward = jax.jit(method.make_mixed_forward(model, mix))
+    key = jax.random.key(7)
+    out = forward(variables["params"], variables["batch_stats"], images, labels, key)
+    partner = np.asarray(out.partner)
+    if name == "none":
+        np.testing.assert_array_equal(partner, np.arange(BATCH))
+        np.testing.assert_array_equal(out.lam, np.ones(BATCH))
+    else:
+        assert sorted(partner.tolist()) == list(range(BATCH))  # a permutation of the batch
+        assert np.any(partner != np.arange(BATCH))
+    np.testing.assert_array_equal(out.partner_labels, np.asarray(labels)[partner])
+    if name == "alignmixup":  # the coin: input with probability input_prob
+        assert int(out.branch) == (0 if changes["input_prob"] == 1.0 else 1)
+    if "direction" in changes:
+        assert int(out.direction) == int(changes["direction"])
+    lam = np.asarray(out.lam)
+    if changes.get("lam_mode") == "example":
+        assert len(set(lam.tolist())) == BATCH  # one draw per example
+    elif name not in ("none", "cutmix", "saliencymix"):
+        assert len(set(lam.tolist())) == 1 and 0.0 < lam[0] < 1.0
+    logits, batch_stats = by_hand(model, variables, images, labels, out, mix, key)
+    np.testing.assert_allclose(out.logits, logits, rtol=1e-5, atol=1e-5)
+    assert_close_trees(out.batch_stats, batch_stats)
+
+
+def test_batch_norm_sees_the_clean_batch_in_the_aligned_branch(setup):
+    """The updated statistics of the aligned branch are those of the encoder on clean images,
+    not of mixed images: the two differ, so the comparison above can tell them apart."""
+    model, variables, images, labels = setup
+    mix = mix_config("alignmix")
+    out = jax.jit(method.make_mixed_forward(model, mix))(
+        variables["params"], variables["batch_stats"], images, labels, jax.random.key(7)
+    )
+    _, clean = train_apply(model, variables, images)
+    mixed_images = mixup(images, images[np.asarray(out.partner)], out.lam)
+    _, mixed = train_apply(model, variables, mixed_images)
+    # (The batch mean of a mixup of a batch with its permutation is the batch's own mean; the
+    # variance tells them apart.)
+    stem_clean = clean["batch_stats"]["stem"]["bn"]["var"]
+    np.testing.assert_allclose(out.batch_stats["stem"]["bn"]["var"], stem_clean, rtol=1e-6)
+    assert not np.allclose(mixed["batch_stats"]["stem"]["bn"]["var"], stem_clean, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["input_mixup", "cutmix", "alignmixup", "alignmix"])
+def test_eight_devices_with_global_partners_compute_the_one_device_forward(setup, name):
+    model, variables, images, labels = setup
+    mix = mix_config(name, input_prob=0.0) if name == "alignmixup" else mix_config(name)
+    key = jax.random.key(11)
+    one = jax.jit(method.make_mixed_forward(model, mix))(
+        variables["params"], variables["batch_stats"], images, labels, key
+    )
+    synced = models.build_model(MODEL, NUM_CLASSES, axis_name=parallel.DATA_AXIS)
+    forward = method.make_mixed_forward(synced, mix, parallel.DATA_AXIS)
+    mesh = parallel.make_data_mesh()
+    sharded = jax.jit(
+        jax.shard_map(
+            lambda p, s, x, y, k: forward(p, s, x, y, k),
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data"),
+                      PartitionSpec("data"), PartitionSpec()),
+            out_specs=method.MixedForward(
+                PartitionSpec("data"), PartitionSpec(), PartitionSpec("data"),
+                PartitionSpec("data"), PartitionSpec("data"), PartitionSpec(), PartitionSpec(),
+            ),
+            check_vma=False,
+        )
+    )
+    eight = sharded(variables["params"], variables["batch_stats"], images, labels, key)
+    np.testing.assert_array_equal(eight.partner, one.partner)
+    np.testing.assert_array_equal(eight.partner_labels, one.partner_labels)
+    np.testing.assert_allclose(eight.lam, one.lam, rtol=1e-6)
+    np.testing.assert_allclose(eight.logits, one.logits, rtol=1e-4, atol=1e-5)
+    assert_close_trees(eight.batch_stats, one.batch_stats, rtol=1e-4, atol=1e-6)
+
+
+def test_device_partners_stay_inside_each_shard(setup):
+    model, variables, images, labels = setup
+    mix = mix_config("input_mixup", partner="device")
+    synced = models.build_model(MODEL, NUM_CLASSES, axis_name=parallel.DATA_AXIS)
+    forward = method.make_mixed_forward(synced, mix, parallel.DATA_AXIS)
+    mesh = parallel.make_data_mesh()
+    partners = jax.jit(
+        jax.shard_map(
+            lambda p, s, x, y, k: forward(p, s, x, y, k).partner,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data"),
+                      PartitionSpec("data"), PartitionSpec()),
+            out_specs=PartitionSpec("data"),
+            check_vma=False,
+        )
+    )(variables["params"], variables["batch_stats"], images, labels, jax.random.key(3))
+    shard = BATCH // mesh.size
+    for device in range(mesh.size):
+        rows = np.asarray(partners)[device * shard : (device + 1) * shard]
+        assert sorted(rows.tolist()) == list(range(shard))  # a permutation of its own shard
+
+
+def test_the_coins_follow_their_probabilities(setup):
+    """Over 400 keys: the input branch with probability input_prob, a fair direction coin, lam
+    with mean 1/2 (Beta(2, 2))."""
+    model, variables, images, labels = setup
+    mix = mix_config("alignmixup", input_prob=0.25, num_iters=1)
+    forward = method.make_mixed_forward(model, mix)
+
+    def draws(key):
+        out = forward(variables["params"], variables["batch_stats"], images, labels, key)
+        return out.branch, out.direction, out.lam[0]
+
+    branch, direction, lam = jax.jit(jax.vmap(draws))(jax.random.split(jax.random.key(0), 400))
+    # Binomial(400, p) stays within 4 standard deviations (sd <= 10) of its mean.
+    assert abs(int(np.sum(branch == 0)) - 100) < 4 * np.sqrt(400 * 0.25 * 0.75)
+    assert abs(int(np.sum(direction == 1)) - 200) < 4 * 10
+    assert abs(float(np.mean(lam)) - 0.5) < 4 * np.sqrt(0.05 / 400)
