@@ -1,5 +1,7 @@
 """Sinkhorn plans, alignment and AlignMix (alignmix_jax.ot)."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy.special import logsumexp
 
 from alignmix_jax import align, align_mix, sinkhorn_plan
+from alignmix_jax.ot import align_mix_with_plan, mean_position_norm, plan_statistics
+
+TRAINED_FEATURES = pathlib.Path(__file__).parent / "fixtures" / "trained_features.npz"
 
 
 def reference_plan(a, b, epsilon, num_iters):
@@ -211,17 +216,23 @@ def test_bfloat16_features(maps):
     assert sinkhorn_plan(a, b).dtype == jnp.float32
 
 
-def _avals(jaxpr):
-    """Every abstract value produced anywhere in a jaxpr, sub-jaxprs (scan, while, ...) included."""
+def _equations(jaxpr):
+    """Every equation of a jaxpr, those of its sub-jaxprs (scan, while, cond, ...) included."""
     for eqn in jaxpr.eqns:
-        yield from (var.aval for var in eqn.outvars)
+        yield eqn
         for param in eqn.params.values():
             inner = param if isinstance(param, list | tuple) else [param]
             for sub in inner:
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    yield from _avals(sub.jaxpr)
+                    yield from _equations(sub.jaxpr)
                 elif isinstance(sub, jax.extend.core.Jaxpr):
-                    yield from _avals(sub)
+                    yield from _equations(sub)
+
+
+def _avals(jaxpr):
+    """Every abstract value produced anywhere in a jaxpr, sub-jaxprs included."""
+    for eqn in _equations(jaxpr):
+        yield from (var.aval for var in eqn.outvars)
 
 
 def _has_pairwise_broadcast(fn, *args, positions, channels):
@@ -244,6 +255,118 @@ def test_cost_uses_the_gemm_form_without_a_pairwise_broadcast(maps):
     tokens_a, tokens_b = a.reshape(8, 6, 4), b.reshape(8, 6, 4)
     assert _has_pairwise_broadcast(broadcast_cost, tokens_a, tokens_b, positions=6, channels=4)
     assert not _has_pairwise_broadcast(jax.jit(mix), a, b, positions=6, channels=4)
+
+
+def _dot_precisions(fn, *args):
+    """The `precision` of every dot_general in the jaxpr of `fn(*args)`."""
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    return [
+        eqn.params["precision"]
+        for eqn in _equations(jaxpr)
+        if eqn.primitive.name == "dot_general"
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_pair():
+    """Last maps `(16, 4, 4, 128)` of a trained network and their partners (cost / eps ~1e3-1e4)."""
+    features = np.load(TRAINED_FEATURES)["features"]
+    return features, features[np.random.default_rng(0).permutation(len(features))]
+
+
+def test_matmuls_run_at_highest_precision_under_a_bfloat16_default(trained_pair):
+    """TF32 / bf16-pass matmuls give a cost wrong by more than epsilon at these feature norms.
+
+    CPUs compute every float32 dot in full precision whatever the setting, so the numbers agree
+    here in any case; the jaxpr shows what a GPU or TPU would run.
+    """
+    a, b = trained_pair
+    tokens_a, tokens_b = a.reshape(16, 16, 128), b.reshape(16, 16, 128)
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    default_plan = sinkhorn_plan(tokens_a, tokens_b)
+    default_mix = {d: align_mix(a, b, 0.3, direction=d) for d in (0, 1)}
+    with jax.default_matmul_precision("bfloat16"):
+        for fn, args in [
+            (lambda x, y, d: align_mix_with_plan(x, y, 0.3, direction=d), (a, b, jnp.int32(1))),
+            (lambda x, y: sinkhorn_plan(x, y, threshold=0.1), (tokens_a, tokens_b)),
+            (lambda x, y, p: align(x, y, p), (tokens_a, tokens_b, default_plan)),
+        ]:
+            precisions = _dot_precisions(fn, *args)
+            assert precisions and all(p == highest for p in precisions), precisions
+        np.testing.assert_allclose(sinkhorn_plan(tokens_a, tokens_b), default_plan, atol=1e-5)
+        for d in (0, 1):
+            mixed = align_mix(a, b, 0.3, direction=d)
+            np.testing.assert_allclose(mixed, default_mix[d], rtol=1e-5, atol=1e-5)
+
+
+def test_align_mix_with_plan_returns_the_plan_it_mixed_with(maps):
+    a, b = maps
+    lam = jnp.linspace(0.0, 1.0, 8)
+    plan = sinkhorn_plan(a.reshape(8, 6, 4), b.reshape(8, 6, 4), num_iters=30)
+
+    @jax.jit
+    def mix(direction):
+        return align_mix_with_plan(a, b, lam, direction=direction, num_iters=30)
+
+    for d in (0, 1):
+        mixed, mixed_plan = mix(jnp.int32(d))
+        assert mixed_plan.shape == (8, 6, 6) and mixed_plan.dtype == jnp.float32
+        np.testing.assert_allclose(mixed_plan, plan, rtol=1e-5, atol=1e-6)
+        expected = align_mix(a, b, lam, direction=d, num_iters=30)
+        np.testing.assert_allclose(mixed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_plan_statistics_of_known_plans():
+    permutation = np.eye(3)[[2, 0, 1]] / 3  # rows and columns exact, one-hot
+    uniform = np.full((3, 3), 1 / 9)
+    # rows sum to 1/2 = 1/r; columns 0.8, 0.2, 0 against 1/3; both rows pick column 0
+    skewed = np.array([[0.3, 0.2, 0.0], [0.5, 0.0, 0.0]])
+    expected = {
+        "permutation": (permutation, 0.0, 1.0, 1.0),
+        "uniform": (uniform, 0.0, 1 / 3, 1 / 3),
+        "skewed": (skewed, 0.8 - 1 / 3 + 1 / 3 - 0.2 + 1 / 3, (0.6 + 1.0) / 2, 1 / 3),
+    }
+    for name, (plan, column_l1, row_max, coverage) in expected.items():
+        stats = plan_statistics(plan.astype(np.float32))
+        assert set(stats) == {"column_marginal_l1", "row_max", "column_coverage"}
+        assert all(v.dtype == jnp.float32 and v.shape == () for v in stats.values())
+        got = (stats["column_marginal_l1"], stats["row_max"], stats["column_coverage"])
+        np.testing.assert_allclose(got, (column_l1, row_max, coverage), atol=1e-6, err_msg=name)
+    batch = plan_statistics(np.stack([permutation, uniform]).astype(np.float32))
+    np.testing.assert_allclose(batch["row_max"], (1.0 + 1 / 3) / 2, rtol=1e-6)
+    np.testing.assert_allclose(batch["column_coverage"], (1.0 + 1 / 3) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"plan must have rank >= 2"):
+        plan_statistics(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"plan must have a floating dtype"):
+        plan_statistics(np.ones((2, 2), np.int32))
+
+
+def test_plan_statistics_of_a_recovered_permutation_and_of_trained_features(trained_pair):
+    a, b = trained_pair
+    perm = np.random.default_rng(1).permutation(16)
+    shuffled = sinkhorn_plan(a.reshape(16, 16, 128), a.reshape(16, 16, 128)[:, perm])
+    stats = plan_statistics(shuffled)
+    assert float(stats["row_max"]) > 0.999 and float(stats["column_coverage"]) == 1.0
+    assert float(stats["column_marginal_l1"]) < 1e-3
+    # unrelated images: rows near one-hot (cost / eps ~1e3) but columns far from 1/s
+    stats = plan_statistics(sinkhorn_plan(a.reshape(16, 16, 128), b.reshape(16, 16, 128)))
+    assert 0.8 < float(stats["row_max"]) < 0.99
+    assert 0.2 < float(stats["column_marginal_l1"]) < 0.8
+    assert 0.6 < float(stats["column_coverage"]) < 0.95
+
+
+def test_mean_position_norm():
+    features = np.zeros((2, 2, 2, 3), np.float32)
+    features[0, 0, 0] = (3.0, 4.0, 0.0)  # norm 5, the other 7 positions 0 ...
+    features[1] = (0.0, 0.0, 2.0)  # ... but these 4, norm 2
+    value = mean_position_norm(features)
+    assert value.dtype == jnp.float32 and value.shape == ()
+    np.testing.assert_allclose(value, (5.0 + 4 * 2.0) / 8, rtol=1e-6)
+    np.testing.assert_allclose(
+        mean_position_norm(features.reshape(2, 4, 3).astype(jnp.bfloat16)), 13 / 8, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"features must have rank >= 3"):
+        mean_position_norm(features[0, 0])
 
 
 @pytest.mark.parametrize(
