@@ -25,7 +25,9 @@ For a batch (x, y) on each device, with one key shared by every device:
      optionally against label-smoothed targets.
 
 The model runs in segments between the candidate mixing points, so nothing is computed twice, and
-the conditionals hold only the cheap mixing, never a network segment.
+the conditionals hold only the cheap mixing, never a network segment. An aligned branch also
+reports what the alignment did (`DIAGNOSTICS`): the plan's non-exact marginal error, how close
+R is to a permutation, and the norm of the positions it aligned.
 """
 
 from typing import Any
@@ -38,7 +40,19 @@ import ml_collections
 from alignmix_jax import models
 from alignmix_jax.experiment_config import resolve_stage
 from alignmix_jax.mixing import cutmix, mixup, saliencymix, sample_lam
-from alignmix_jax.ot import align_mix
+from alignmix_jax.ot import align_mix_with_plan, mean_position_norm, plan_statistics
+
+DIAGNOSTICS = ("aligned", "plan_marginal_l1", "plan_row_max", "plan_column_coverage",
+               "feature_norm")
+"""Scalars of `MixedForward.diagnostics`: aligned is 1 on a step that ran aligned mixing, else 0
+and so are the others; plan_marginal_l1 the L1 error of the plan's non-exact (column) marginal,
+plan_row_max the mean over rows of max_j R_ij (1: a permutation, 1/s: uniform),
+plan_column_coverage the fraction of the partner's positions that are some row's argmax,
+feature_norm the mean L2 norm of the aligned map's positions (before mixing)."""
+
+
+def _no_diagnostics() -> dict:
+    return {name: jnp.zeros((), jnp.float32) for name in DIAGNOSTICS}
 
 
 @flax.struct.dataclass
@@ -50,7 +64,8 @@ class MixedForward:
     example's partner as a row of the global batch ("global") or of the shard ("device"); branch
     int32, the index in `mixing_points(...)` of the point where the batch was mixed (0 for none,
     cutmix, saliencymix); direction int32, the draw of AlignMix's direction coin (0 or 1; it acts
-    only when the branch is an aligned one; 0 for none, cutmix, saliencymix).
+    only when the branch is an aligned one; 0 for none, cutmix, saliencymix); diagnostics, the
+    float32 scalars named in `DIAGNOSTICS`.
     """
 
     logits: jax.Array
@@ -60,6 +75,7 @@ class MixedForward:
     partner: jax.Array
     branch: jax.Array
     direction: jax.Array
+    diagnostics: dict
 
 
 def mixing_points(model: models.StagedClassifier, mix: ml_collections.ConfigDict):
@@ -134,7 +150,9 @@ def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | N
         if mix.method == "none":
             logits, batch_stats = _train_forward(model, params, batch_stats, images)
             ones = jnp.ones((local,), jnp.float32)
-            return MixedForward(logits, batch_stats, labels, ones, jnp.arange(local), zero, zero)
+            return MixedForward(
+                logits, batch_stats, labels, ones, jnp.arange(local), zero, zero, _no_diagnostics()
+            )
         if mix.lam_mode == "example":
             lam = local_rows(sample_lam(lam_key, mix.alpha, (local * devices,)))
         else:
@@ -150,19 +168,33 @@ def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | N
             box_keys = local_rows(jax.random.split(box_key, local * devices))
             mixed, lam = paste(box_keys, images, partner_of(images), lam)
             logits, batch_stats = _train_forward(model, params, batch_stats, mixed)
-            return MixedForward(logits, batch_stats, partner_labels, lam, partner, zero, zero)
+            return MixedForward(
+                logits, batch_stats, partner_labels, lam, partner, zero, zero, _no_diagnostics()
+            )
 
         if mix.method == "alignmixup":
             branch = jax.random.bernoulli(coin_key, 1.0 - mix.input_prob).astype(jnp.int32)
         else:
             branch = jax.random.randint(stage_key, (), 0, len(stages))
-        mix_fns = {
-            "linear": lambda features: mixup(features, partner_of(features), lam),
-            "aligned": lambda features: align_mix(
+
+        def linear(features):
+            return mixup(features, partner_of(features), lam), _no_diagnostics()
+
+        def aligned(features):
+            mixed, plan = align_mix_with_plan(
                 features, partner_of(features), lam, direction=direction, **ot_options
-            ),
-        }
-        hidden, position = images, "input"
+            )
+            statistics = plan_statistics(plan)
+            return mixed, {
+                "aligned": jnp.ones((), jnp.float32),
+                "plan_marginal_l1": statistics["column_marginal_l1"],
+                "plan_row_max": statistics["row_max"],
+                "plan_column_coverage": statistics["column_coverage"],
+                "feature_norm": mean_position_norm(features),
+            }
+
+        mix_fns = {"linear": linear, "aligned": aligned}
+        hidden, position, diagnostics = images, "input", _no_diagnostics()
         for index, (stage, kind) in enumerate(zip(stages, kinds, strict=True)):
             if stage != position:
                 hidden, batch_stats = _train_forward(
@@ -171,13 +203,20 @@ def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | N
                 position = stage
 
             def mix_here(features, mix_fn=mix_fns[kind]):
-                return mix_fn(features).astype(features.dtype)
+                mixed, report = mix_fn(features)
+                return mixed.astype(features.dtype), report
 
             if len(stages) == 1:
-                hidden = mix_here(hidden)
+                hidden, report = mix_here(hidden)
             else:
-                hidden = jax.lax.cond(branch == index, mix_here, lambda features: features, hidden)
+                hidden, report = jax.lax.cond(
+                    branch == index, mix_here, lambda features: (features, _no_diagnostics()),
+                    hidden,
+                )
+            diagnostics = jax.tree.map(jnp.add, diagnostics, report)
         logits, batch_stats = _train_forward(model, params, batch_stats, hidden, position)
-        return MixedForward(logits, batch_stats, partner_labels, lam, partner, branch, direction)
+        return MixedForward(
+            logits, batch_stats, partner_labels, lam, partner, branch, direction, diagnostics
+        )
 
     return forward

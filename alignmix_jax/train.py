@@ -145,8 +145,8 @@ def make_train_step(
     global batch); `base_key` a replicated key. The step key is `fold_in(base_key, state.step)`,
     the same on every device, so a resumed run draws exactly what an uninterrupted one would.
     `state` is donated. Metrics (replicated scalars): loss (the mean mixed loss of the global
-    batch), lam (its mean label weight), learning_rate, and finite (loss and new parameters free
-    of NaN and infinity).
+    batch), lam (its mean label weight), learning_rate, finite (loss and new parameters free
+    of NaN and infinity), and the alignment diagnostics `method.DIAGNOSTICS` (device means).
     """
     forward = method.make_mixed_forward(model, mix_config, DATA_AXIS)
 
@@ -174,6 +174,7 @@ def make_train_step(
             "lam": jax.lax.pmean(jnp.mean(out.lam), DATA_AXIS),
             "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
             "finite": jnp.isfinite(loss) & _all_finite(params),
+            **jax.lax.pmean(out.diagnostics, DATA_AXIS),
         }
         return new_state, metrics
 
@@ -369,12 +370,30 @@ def _check_finite(history: dict, first_step: int, workdir, last_checkpoint: int 
     )
 
 
+def _alignment_record(history: dict) -> dict[str, float]:
+    """The interval's alignment diagnostics: the fraction of its steps that ran aligned mixing
+    and, when some did, the means over those steps of the plan and feature statistics."""
+    aligned = np.asarray(history["aligned"], np.float64)
+    record = {"aligned_fraction": float(aligned.mean())}
+    if aligned.sum() > 0:
+        for name in method.DIAGNOSTICS[1:]:
+            record[name] = float(np.asarray(history[name], np.float64).sum() / aligned.sum())
+    return record
+
+
 def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> float:
     """Writes the train metrics of the interval ending at `step`; returns its images/s."""
     rate = throughput.close_interval()
     loss = float(np.mean(history["loss"]))
     learning_rate = float(np.mean(history["learning_rate"]))
-    logger.write(step, {"train_loss": loss, "learning_rate": learning_rate, "images_per_sec": rate})
+    record = {
+        "train_loss": loss,
+        "learning_rate": learning_rate,
+        "lam": float(np.mean(history["lam"])),
+        "images_per_sec": rate,
+        **_alignment_record(history),
+    }
+    logger.write(step, record)
     logger.advance(
         step, {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "img/s": f"{rate:.0f}"}
     )

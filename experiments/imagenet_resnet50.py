@@ -7,8 +7,10 @@
 300 epochs, batch 1024, SGD with Nesterov momentum 0.9, lr 0.1 x0.1 every 75 epochs, weight decay
 1e-4 (coupled L2), 224x224 random-resized crops + flip; alpha 2; per step a fair coin picks input
 mixup or aligned mixup of the 2048x7x7 last map (Sinkhorn eps 0.1, 100 iterations, random
-direction). Computes in bfloat16 with float32 parameters (`--config.compute_dtype=float32` for
-full precision). Multi-host: add `--config.distributed=True` on every host.
+direction), each example paired within its device's shard as in the reference's DataParallel
+(`--config.mix.partner=global` pairs across the global batch). Computes in bfloat16 with float32
+parameters (`--config.compute_dtype=float32` for full precision). Multi-host: add
+`--config.distributed=True` on every host.
 """
 
 import ml_collections
@@ -28,5 +30,6 @@ def get_config(argument=None):
     config.optimizer.nesterov = True
     config.optimizer.boundaries_epochs = (75, 150, 225)
     config.compute_dtype = "bfloat16"
+    config.mix.partner = "device"  # the reference pairs within each GPU's shard (DataParallel)
     config.checkpoint_every_steps = 2500
     return apply_config_argument(config, argument)

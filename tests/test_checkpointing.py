@@ -1,15 +1,16 @@
-"""Checkpoints: a SIGKILLed, resumed run ends equal to an uninterrupted one; load_for_eval; a run
-saved on 8 devices loads for evaluation on 1 device and resumes training on 4."""
+"""Checkpoints: runs killed (SIGKILL after a best-weights save and a later eval) or stopped (SIGTERM
+between checkpoints), then resumed, end equal to an uninterrupted run, best weights included;
+RunCheckpointer's best-weights pruning and meta snapshots; load_for_eval; a run saved on 8 devices
+loads for evaluation on 1 device and resumes training on 4."""
 
 import json
-import os
 import pathlib
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
+import cli_runs
 import jax
 import numpy as np
 import pytest
@@ -25,15 +26,16 @@ from alignmix_jax import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_STEPS = 12
-COMMAND = [
-    sys.executable,
-    "-m",
-    "alignmix_jax.main",
+NUM_STEPS = 24
+CHECKPOINT_EVERY = 6
+SIGTERM_STEP = 9  # between the checkpoints at 6 and 12
+DEADLINE_SEC = 600
+ARGS = [
     "--config=experiments/quickstart.py:smoke",
     f"--config.num_train_steps={NUM_STEPS}",
-    "--config.checkpoint_every_steps=2",
-    "--config.eval_every_steps=6",
+    f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
+    "--config.keep_checkpoints=10",
+    "--config.eval_every_steps=1",
     "--config.log_every_steps=1",
     "--config.data.image_size=16",
     "--config.tensorboard=False",
@@ -41,18 +43,8 @@ COMMAND = [
 ]
 
 
-def start_run(workdir: pathlib.Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*COMMAND, f"--workdir={workdir}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finished_checkpoints(workdir: pathlib.Path) -> list[int]:
-    directory = workdir / checkpointing.CHECKPOINT_DIR
+def finished_checkpoints(workdir: pathlib.Path, which: str = checkpointing.CHECKPOINT_DIR):
+    directory = workdir / which
     if not directory.is_dir():
         return []
     return sorted(int(entry.name) for entry in directory.iterdir() if entry.name.isdigit())
@@ -60,59 +52,111 @@ def finished_checkpoints(workdir: pathlib.Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Workdirs of an uninterrupted run and of a run SIGKILLed after its first checkpoint, then
-    resumed by the same command; plus the resumed run's output."""
-    root = tmp_path_factory.mktemp("kill_resume")
-    plain_dir, killed_dir = root / "plain", root / "killed"
-    plain = start_run(plain_dir)
-    killed = start_run(killed_dir)
-    deadline = time.monotonic() + 240
-    while not finished_checkpoints(killed_dir):
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    killed.stdout.close()
-    steps_at_kill = finished_checkpoints(killed_dir)
-    assert steps_at_kill and steps_at_kill[-1] < NUM_STEPS, steps_at_kill
-    output = subprocess.run(
-        [*COMMAND, f"--workdir={killed_dir}"], cwd=REPO, capture_output=True, text=True
-    )
-    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    plain_output = plain.communicate()[0]
-    assert plain.returncode == 0, plain_output[-3000:]
-    return {"plain": plain_dir, "killed": killed_dir, "resumed_output": output.stdout}
-
-
-def test_killed_and_resumed_run_equals_uninterrupted_run(runs):
-    assert "Resumed from the checkpoint at step" in runs["resumed_output"]
-    _, _, plain = checkpointing.load_for_eval(runs["plain"], "last")
-    _, _, resumed = checkpointing.load_for_eval(runs["killed"], "last")
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    # The killed run's metrics past its last checkpoint were dropped and redone, identically.
-    plain_losses = {
-        r["step"]: r["train_loss"]
-        for r in logging_utils.read_metrics(runs["plain"])
-        if "train_loss" in r
+    """An uninterrupted run ("plain"); a run SIGKILLed after a best-weights save and a later eval
+    ("killed"); a run sent SIGTERM after step SIGTERM_STEP ("stopped"); each interrupted run is
+    then resumed by the same command. Returns the workdirs and the outputs."""
+    root = tmp_path_factory.mktemp("interrupted")
+    workdirs = {name: root / name for name in ("plain", "killed", "stopped")}
+    launched = {
+        "plain": cli_runs.start([*ARGS, f"--workdir={workdirs['plain']}"], root / "plain.log"),
+        "killed": cli_runs.start(
+            [*ARGS, f"--workdir={workdirs['killed']}"], root / "killed.log",
+            **{cli_runs.KILL_ENV: "1"},
+        ),
+        "stopped": cli_runs.start(
+            [*ARGS, f"--workdir={workdirs['stopped']}"], root / "stopped.log",
+            **{cli_runs.SIGNAL_ENV: f"SIGTERM:{SIGTERM_STEP}"},
+        ),
     }
-    resumed_records = [r for r in logging_utils.read_metrics(runs["killed"]) if "train_loss" in r]
-    assert [r["step"] for r in resumed_records] == list(range(1, NUM_STEPS + 1))
-    for record in resumed_records:
+    outputs = cli_runs.finish({"plain": launched.pop("plain")}, DEADLINE_SEC)
+    outputs |= cli_runs.finish({"killed": launched.pop("killed")}, DEADLINE_SEC, -signal.SIGKILL)
+    outputs |= cli_runs.finish(launched, DEADLINE_SEC, 128 + signal.SIGTERM)
+    at_interruption = {
+        name: {
+            "checkpoints": finished_checkpoints(workdirs[name]),
+            "best": finished_checkpoints(workdirs[name], checkpointing.BEST_DIR),
+            "summary": (workdirs[name] / "summary.json").exists(),
+        }
+        for name in ("killed", "stopped")
+    }
+    resumed = {
+        f"{name}_resumed": cli_runs.start(
+            [*ARGS, f"--workdir={workdirs[name]}"], root / f"{name}_resumed.log"
+        )
+        for name in ("killed", "stopped")
+    }
+    outputs |= cli_runs.finish(resumed, DEADLINE_SEC)
+    return {"workdirs": workdirs, "outputs": outputs, "at_interruption": at_interruption}
+
+
+def checkpoint_meta(workdir: pathlib.Path, step: int) -> dict:
+    meta = json.loads((workdir / checkpointing.CHECKPOINT_DIR / str(step) / "meta" /
+                       "metadata").read_text())
+    meta.pop("images_per_sec")
+    return meta
+
+
+def best_weights(workdir):
+    return checkpointing.load_for_eval(workdir, "best")[2]
+
+
+@pytest.mark.parametrize("interrupted", ["killed", "stopped"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted):
+    plain, resumed = runs["workdirs"]["plain"], runs["workdirs"][interrupted]
+    assert "Resumed from the checkpoint at step" in runs["outputs"][f"{interrupted}_resumed"]
+    _, _, plain_last = checkpointing.load_for_eval(plain, "last")
+    _, _, resumed_last = checkpointing.load_for_eval(resumed, "last")
+    for a, b in zip(jax.tree.leaves(plain_last), jax.tree.leaves(resumed_last), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # best/: the same step and weights; summary.json and every checkpoint's meta the same.
+    assert finished_checkpoints(resumed, "best") == finished_checkpoints(plain, "best")
+    for a, b in zip(jax.tree.leaves(best_weights(plain)), jax.tree.leaves(best_weights(resumed)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    summaries = [json.loads((w / "summary.json").read_text()) for w in (plain, resumed)]
+    for summary in summaries:
+        del summary["images_per_sec"], summary["wall_time_sec"]
+    assert summaries[0] == summaries[1]
+    expected_steps = list(range(CHECKPOINT_EVERY, NUM_STEPS + 1, CHECKPOINT_EVERY))
+    assert finished_checkpoints(plain) == expected_steps
+    extra = [SIGTERM_STEP] if interrupted == "stopped" else []
+    assert finished_checkpoints(resumed) == sorted(expected_steps + extra)
+    for step in expected_steps:
+        assert checkpoint_meta(resumed, step) == checkpoint_meta(plain, step), step
+    # The killed or stopped run's metrics past its last checkpoint were dropped and redone.
+    plain_losses = {
+        r["step"]: r["train_loss"] for r in logging_utils.read_metrics(plain) if "train_loss" in r
+    }
+    records = [r for r in logging_utils.read_metrics(resumed) if "train_loss" in r]
+    assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
+    for record in records:
         assert record["train_loss"] == pytest.approx(plain_losses[record["step"]], abs=1e-6)
-    summary = json.loads((runs["killed"] / "summary.json").read_text())
-    assert summary["steps"] == NUM_STEPS
 
 
-def test_keeps_last_two_checkpoints_and_the_best(runs):
-    assert finished_checkpoints(runs["plain"]) == [NUM_STEPS - 2, NUM_STEPS]
-    summary = json.loads((runs["plain"] / "summary.json").read_text())
-    best_steps = [e.name for e in (runs["plain"] / checkpointing.BEST_DIR).iterdir()]
-    assert best_steps == [str(summary["best_step"])]
+def test_the_kill_came_after_a_best_save_and_a_later_eval(runs):
+    state = runs["at_interruption"]["killed"]
+    assert "test hook: SIGKILL after the eval of step" in runs["outputs"]["killed"]
+    killed_at = int(runs["outputs"]["killed"].split("eval of step ")[1].split()[0])
+    assert state["checkpoints"] and state["best"]
+    assert state["checkpoints"][-1] < state["best"][-1] < killed_at
+    assert killed_at < NUM_STEPS
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_there(runs):
+    state = runs["at_interruption"]["stopped"]
+    assert state["checkpoints"][-1] == SIGTERM_STEP
+    output = runs["outputs"]["stopped"]
+    assert f"SIGTERM: stopped after step {SIGTERM_STEP} and wrote its checkpoint" in output
+    assert "rerun the same command to resume" in output
+    assert not state["summary"]  # a stopped run is not a finished one (sweeps rely on it)
+
+
+def test_keeps_the_best_and_the_checkpoints_asked_for(runs):
+    plain = runs["workdirs"]["plain"]
+    summary = json.loads((plain / "summary.json").read_text())
+    assert finished_checkpoints(plain, "best") == [summary["best_step"]]
     assert summary["best_top1"] >= summary["final_top1"]
-    config, model, variables = checkpointing.load_for_eval(runs["plain"], "best")
+    config, model, variables = checkpointing.load_for_eval(plain, "best")
     assert config.num_train_steps == NUM_STEPS
     logits, _ = model.apply(variables, np.zeros((2, 16, 16, 1), np.float32))
     assert logits.shape == (2, 10)
@@ -124,9 +168,9 @@ def test_load_for_eval_errors_name_the_problem(runs, tmp_path):
     with pytest.raises(ValueError, match="config.json"):
         checkpointing.load_for_eval(tmp_path)
     with pytest.raises(ValueError, match="which="):
-        checkpointing.load_for_eval(runs["plain"], "latest")
+        checkpointing.load_for_eval(runs["workdirs"]["plain"], "latest")
     mismatched = tmp_path / "mismatched"
-    shutil.copytree(runs["plain"], mismatched)
+    shutil.copytree(runs["workdirs"]["plain"], mismatched)
     config = json.loads((mismatched / "config.json").read_text())
     config["model"]["base_width"] = 4
     (mismatched / "config.json").write_text(json.dumps(config))
@@ -138,10 +182,10 @@ def test_load_for_eval_errors_name_the_problem(runs, tmp_path):
 
 
 def test_config_json_round_trips(runs):
-    config = checkpointing.load_config(runs["plain"])
+    config = checkpointing.load_config(runs["workdirs"]["plain"])
     assert config.model.stage_sizes == (1, 1, 1, 1)
     assert config.mix.method == "alignmixup"
-    assert os.path.exists(runs["plain"] / logging_utils.METRICS_FILE)
+    assert (runs["workdirs"]["plain"] / logging_utils.METRICS_FILE).exists()
 
 
 SAVED_STEP = 5
@@ -297,3 +341,61 @@ def test_run_trained_on_8_devices_resumes_on_4(eight_device_run, tmp_path, monke
     _, _, after = checkpointing.load_for_eval(workdir, "last")
     after_params, saved_params = jax.tree.leaves(after["params"]), jax.tree.leaves(saved.params)
     assert not all(np.array_equal(a, b) for a, b in zip(after_params, saved_params, strict=True))
+
+
+def shifted(state, offset: float, step: int):
+    """`state` at `step` with every parameter moved by `offset`, on one device."""
+    mesh = parallel.make_data_mesh(jax.devices()[:1])
+    moved = state.replace(
+        step=np.int32(step), params=jax.tree.map(lambda leaf: leaf + offset, state.params)
+    )
+    return parallel.replicate(moved, mesh)
+
+
+def test_best_weights_follow_the_lineage_of_a_resumed_run(eight_device_run, tmp_path):
+    """A run checkpoints at step 2 (best so far: step 2), finds a new best at step 5 and is killed
+    before its next checkpoint. Resumed from step 2, it goes another way and finds its best at step
+    4: best/ must end with step 4's weights, not the abandoned run's step 5."""
+    state = eight_device_run["state"]
+    first = checkpointing.RunCheckpointer(tmp_path)
+    first.save_best(2, shifted(state, 2.0, 2).params, state.batch_stats, {"top1": 20.0})
+    first.save(2, shifted(state, 2.0, 2), {"best_top1": 20.0, "best_step": 2})
+    first.save_best(5, shifted(state, 5.0, 5).params, state.batch_stats, {"top1": 50.0})
+    first.close()  # killed: no checkpoint records the best at step 5
+    assert first.best_steps() == [2, 5]
+
+    resumed = checkpointing.RunCheckpointer(tmp_path)
+    _, meta = resumed.restore(train._abstract(shifted(state, 0.0, 2)))
+    assert meta["best_step"] == 2
+    assert resumed.best_steps() == [2]  # the abandoned lineage's best is gone
+    resumed.save_best(4, shifted(state, 4.0, 4).params, state.batch_stats, {"top1": 40.0})
+    assert resumed.best_steps() == [2, 4]  # the previous best stays until a checkpoint records 4
+    resumed.save(6, shifted(state, 6.0, 6), {"best_top1": 40.0, "best_step": 4})
+    resumed.close()
+    assert resumed.best_steps() == [4]
+    checkpointing.save_config(eight_device_run["config"], tmp_path)
+    best = checkpointing.load_for_eval(tmp_path, "best")[2]["params"]
+    expected = jax.tree.map(lambda leaf: leaf + 4.0, state.params)
+    for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_meta_is_saved_as_it_was_when_saved(eight_device_run, tmp_path):
+    """The caller's meta changes at the next eval while orbax may still be writing."""
+    state = shifted(eight_device_run["state"], 0.0, 3)
+    checkpointer = checkpointing.RunCheckpointer(tmp_path)
+    meta = {"best_top1": 30.0, "best_step": 3, "last_eval": {"step": 3, "top1": 30.0}}
+    checkpointer.save(3, state, meta)
+    meta["last_eval"]["step"], meta["best_step"] = 99, 99  # what the loop does next
+    checkpointer.close()
+    saved = json.loads((tmp_path / "checkpoints" / "3" / "meta" / "metadata").read_text())
+    assert saved == {"best_top1": 30.0, "best_step": 3, "last_eval": {"step": 3, "top1": 30.0}}
+
+
+def test_a_step_orbax_skips_is_an_error(eight_device_run, tmp_path):
+    state = eight_device_run["state"]
+    checkpointer = checkpointing.RunCheckpointer(tmp_path)
+    checkpointer.save(4, shifted(state, 0.0, 4), {"best_step": 0})
+    with pytest.raises(RuntimeError, match="orbax did not save step 3"):
+        checkpointer.save(3, shifted(state, 0.0, 3), {"best_step": 0})
+    checkpointer.close()

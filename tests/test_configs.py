@@ -66,6 +66,10 @@ def test_paper_configs_hold_the_papers_hyperparameters(name):
         0.5,
         None,
     )
+    # Partners from the global batch (the single-GPU reference) except on ImageNet, whose reference
+    # pairs within each GPU's shard (DataParallel).
+    assert mix.partner == ("device" if dataset == "imagenet2012" else "global")
+    assert (mix.lam_mode, mix.label_smoothing, mix.off_after_epoch) == ("batch", 0.0, None)
     if model == "wide_resnet":
         assert (config.model.depth, config.model.widen_factor) == (16, 8)
     if model == "preact_resnet18":
@@ -107,6 +111,10 @@ def test_unknown_config_argument_is_rejected():
         ("optimizer.schedule", "step", "config.optimizer.schedule = 'step'.*'cosine'"),
         ("batch_size", 12, "config.batch_size = 12.*multiple of the 8 devices"),
         ("compute_dtype", "float16", "config.compute_dtype = 'float16'.*'bfloat16'"),
+        ("mix.partner", "host", "config.mix.partner = 'host'.*'global', 'device'"),
+        ("mix.lam_mode", "pixel", "config.mix.lam_mode = 'pixel'.*'batch', 'example'"),
+        ("mix.label_smoothing", 1.0, r"config.mix.label_smoothing = 1.0.*\[0, 1\)"),
+        ("mix.off_after_epoch", -1.0, "config.mix.off_after_epoch = -1.0"),
     ],
 )
 def test_bad_fields_fail_naming_the_field_and_allowed_values(field, value, message):
@@ -141,3 +149,25 @@ def test_command_line_rejects_a_bad_value_before_training(tmp_path):
     assert result.returncode != 0
     assert "config.mix.direction = 'sideways'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_command_line_names_a_workdir_that_cannot_be_written(tmp_path):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a directory")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignmix_jax.main",
+            "--config=experiments/quickstart.py:smoke",
+            f"--workdir={in_the_way / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: workdir='{in_the_way / 'run'}' cannot be written")
+    assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec
 
 from alignmix_jax import align_mix, cutmix, experiment_config, method, mixup, models, parallel
 from alignmix_jax.mixing import saliencymix
+from alignmix_jax.ot import plan_statistics, sinkhorn_plan
 
 NUM_CLASSES = 10
 BATCH = 16
@@ -57,6 +58,8 @@ def by_hand(model, variables, images, labels, out, mix, key):
     """The method's forward rebuilt from its draws: (logits, batch_stats)."""
     partner, lam = np.asarray(out.partner), out.lam
     options = dict(epsilon=mix.epsilon, num_iters=mix.num_iters)
+    if mix.method in ("none", "cutmix", "saliencymix"):
+        assert all(float(out.diagnostics[name]) == 0.0 for name in method.DIAGNOSTICS)
     if mix.method == "none":
         logits, variables = train_apply(model, variables, images)
         return logits, variables["batch_stats"]
@@ -81,8 +84,17 @@ def by_hand(model, variables, images, labels, out, mix, key):
     if aligned:
         direction = int(out.direction)
         mixed = align_mix(features, features[partner], lam, direction=direction, **options)
+        flat = features.reshape(BATCH, -1, features.shape[-1])
+        statistics = plan_statistics(sinkhorn_plan(flat, flat[partner], **options))
+        expected = {"aligned": 1.0, "plan_marginal_l1": statistics["column_marginal_l1"],
+                    "plan_row_max": statistics["row_max"],
+                    "plan_column_coverage": statistics["column_coverage"],
+                    "feature_norm": np.linalg.norm(flat, axis=-1).mean()}
     else:
         mixed = mixup(features, features[partner], lam)
+        expected = dict.fromkeys(method.DIAGNOSTICS, 0.0)
+    for name, value in expected.items():
+        np.testing.assert_allclose(out.diagnostics[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
     logits, variables = train_apply(model, variables, mixed, start_at=stage)
     return logits, variables["batch_stats"]
 
@@ -175,6 +187,7 @@ def test_eight_devices_with_global_partners_compute_the_one_device_forward(setup
             out_specs=method.MixedForward(
                 PartitionSpec("data"), PartitionSpec(), PartitionSpec("data"),
                 PartitionSpec("data"), PartitionSpec("data"), PartitionSpec(), PartitionSpec(),
+                PartitionSpec(),
             ),
             check_vma=False,
         )

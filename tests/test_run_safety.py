@@ -1,0 +1,114 @@
+"""What a run does when things go wrong: a diverging loss, a resume with another config, a workdir
+that cannot be written; and what it logs: mixing switched off after an epoch, the alignment."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from alignmix_jax import checkpointing, experiment_config, logging_utils, method, train
+
+DIGITS_STEPS_PER_EPOCH = 1437 // 16
+
+
+def smoke(num_steps: int, **changes):
+    config = experiment_config.smoke_config(experiment_config.default_config("digits"))
+    config.data.image_size = 16
+    config.num_train_steps = num_steps
+    config.eval_every_steps = num_steps
+    config.checkpoint_every_steps = 1
+    config.log_every_steps = 1
+    config.tensorboard = False
+    config.progress_bar = False
+    config.update_from_flattened_dict(changes)
+    return config
+
+
+def test_a_diverging_run_stops_at_the_step_before_saving_it(tmp_path):
+    config = smoke(6, **{"optimizer.learning_rate": 1e8})
+    with pytest.raises(train.TrainingDivergedError) as raised:
+        train.train_and_evaluate(config, tmp_path)
+    message = str(raised.value)
+    step = int(message.split("training diverged at step ")[1].split(":")[0])
+    assert 1 <= step <= 6
+    assert "learning rate 1e+08" in message and "loss nan" in message.lower()
+    checkpoints = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == list(range(1, step))  # nothing from the diverged step on
+    if checkpoints:
+        assert f"the last good checkpoint is step {checkpoints[-1]} in" in message
+        _, _, variables = checkpointing.load_for_eval(tmp_path, "last")
+        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
+    else:
+        assert "no checkpoint was written yet" in message
+    assert not (tmp_path / train.SUMMARY_FILE).exists()
+
+
+def test_the_divergence_check_can_be_turned_off(tmp_path):
+    config = smoke(4, **{"optimizer.learning_rate": 1e8, "stop_on_divergence": False})
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == 4
+    losses = [r["train_loss"] for r in logging_utils.read_metrics(tmp_path) if "train_loss" in r]
+    assert not all(math.isfinite(loss) for loss in losses)
+
+
+def test_resuming_with_another_config_is_refused_unless_accepted(tmp_path):
+    train.train_and_evaluate(smoke(2), tmp_path)
+    changed = smoke(4, **{"optimizer.learning_rate": 0.05, "progress_bar": True})
+    changed.eval_every_steps = 2  # where and how often: not a change of the run
+    with pytest.raises(checkpointing.ConfigChangedError) as raised:
+        train.train_and_evaluate(changed, tmp_path)
+    message = str(raised.value)
+    assert "trained to step 2" in message and "--accept_config_changes" in message
+    assert "num_train_steps: 2 -> 4" in message
+    assert "optimizer.learning_rate: 0.1 -> 0.05" in message
+    assert "progress_bar" not in message and "eval_every_steps" not in message
+    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 2
+
+    summary = train.train_and_evaluate(changed, tmp_path, accept_config_changes=True)
+    assert summary["steps"] == 4
+    (record,) = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").open()]
+    assert record == {
+        "step": 2,
+        "changes": {"num_train_steps": [2, 4], "optimizer.learning_rate": [0.1, 0.05]},
+    }
+    assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 0.05
+
+
+def test_a_workdir_that_cannot_be_written_is_named(tmp_path):
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("")
+    with pytest.raises(ValueError, match=r"workdir='.*file' is a file; expected a directory"):
+        train.prepare_workdir(in_the_way)
+    with pytest.raises(ValueError, match=r"workdir='.*file/run' cannot be written: "):
+        train.prepare_workdir(in_the_way / "run")
+    if os.geteuid() != 0:  # root writes into read-only folders
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        with pytest.raises(ValueError, match="cannot be written: Permission denied"):
+            train.prepare_workdir(read_only)
+    assert train.prepare_workdir(tmp_path / "new" / "run").is_dir()
+
+
+def test_mixing_stops_after_its_epoch_and_the_alignment_is_logged(tmp_path):
+    off_after = 4
+    config = smoke(8, **{"mix.off_after_epoch": off_after / DIGITS_STEPS_PER_EPOCH})
+    config.tensorboard = True
+    train.train_and_evaluate(config, tmp_path)
+    records = [r for r in logging_utils.read_metrics(tmp_path) if "train_loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for record in records:
+        if record["step"] > off_after:
+            assert record["lam"] == 1.0 and record["aligned_fraction"] == 0.0
+        assert record["aligned_fraction"] in (0.0, 1.0)  # one step per record
+        if record["aligned_fraction"] == 1.0:
+            assert 0.0 <= record["plan_marginal_l1"] <= 2.0
+            assert 1.0 / 64 <= record["plan_row_max"] <= 1.0 + 1e-6  # the 8x8 map: 64 positions
+            assert 1.0 / 64 <= record["plan_column_coverage"] <= 1.0
+            assert record["feature_norm"] > 0.0
+        else:
+            assert not set(method.DIAGNOSTICS[1:]) & set(record)
+    assert any(r["lam"] < 1.0 for r in records[:off_after])
+    assert any(r["aligned_fraction"] == 1.0 for r in records[:off_after])
