@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from alignmix_jax import data
-from alignmix_jax.data import augment, sources
+from alignmix_jax.data import augment, image_folder, tfds_source
 from alignmix_jax.data.config import resolve_spec
 
 ID_STEP = 4  # pixel value of image id k is ID_STEP * k
@@ -316,7 +316,7 @@ def test_cifar10_jpeg_archive(shared_data):
     np.testing.assert_allclose(info.mean, data.DATASETS["cifar10"].mean, atol=3e-3)
     first = next(data.make_eval_iterator(config, 500))
     assert np.bincount(first["label"], minlength=10)[0] == 500  # sorted: airplanes first
-    airplanes = os.path.join(sources.image_folder_root(resolve_spec(config)), "test", "airplane")
+    airplanes = os.path.join(image_folder.image_folder_root(resolve_spec(config)), "test", "airplane")
     with Image.open(os.path.join(airplanes, sorted(os.listdir(airplanes))[0])) as image:
         decoded = np.asarray(image.convert("RGB"), np.float32) / 255.0
     expected = (decoded - np.array(info.mean)) / np.array(info.std)
@@ -330,19 +330,19 @@ def test_process_zero_prepares_tfds_data_before_the_others(monkeypatch, process_
     def prepare(spec):
         events.append("prepare")
         if spec.name == "broken":
-            raise sources.DataUnavailableError("missing")
+            raise data.DataUnavailableError("missing")
         return "builder"
 
-    monkeypatch.setattr(sources.jax, "process_count", lambda: 2)
-    monkeypatch.setattr(sources.jax, "process_index", lambda: process_index)
-    monkeypatch.setattr(sources.multihost_utils, "sync_global_devices", events.append)
-    monkeypatch.setattr(sources, "_prepare_builder", prepare)
+    monkeypatch.setattr(tfds_source.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(tfds_source.jax, "process_index", lambda: process_index)
+    monkeypatch.setattr(tfds_source.multihost_utils, "sync_global_devices", events.append)
+    monkeypatch.setattr(tfds_source, "_prepare_builder", prepare)
     spec = types.SimpleNamespace(name="fashion_mnist")
-    assert sources.prepared_builder.__wrapped__(spec) == "builder"
+    assert tfds_source.prepared_builder.__wrapped__(spec) == "builder"
     barrier = events[1 - process_index]
     assert events == (["prepare", barrier] if process_index == 0 else [barrier, "prepare"])
     if process_index == 0:  # a failure on process 0 still releases the others
         events.clear()
-        with pytest.raises(sources.DataUnavailableError):
-            sources.prepared_builder.__wrapped__(types.SimpleNamespace(name="broken"))
+        with pytest.raises(data.DataUnavailableError):
+            tfds_source.prepared_builder.__wrapped__(types.SimpleNamespace(name="broken"))
         assert events == ["prepare", barrier.replace("fashion_mnist", "broken")]
