@@ -6,16 +6,24 @@ CIFAR-10 copies skip when ../shared/data is absent.
 """
 
 import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
 import numpy as np
 import pytest
+import requests
+import tensorflow_datasets as tfds
+from absl import flags
 from jax.sharding import Mesh
+from ml_collections import config_flags
 from PIL import Image
 
-from alignmix_jax import data
-from alignmix_jax.data import augment, image_folder, tfds_source
+from alignmix_jax import data, experiment_config
+from alignmix_jax.data import augment, image_folder, sources, tfds_source
+from alignmix_jax.data.base import ArraySource
 from alignmix_jax.data.config import resolve_spec
 
 ID_STEP = 4  # pixel value of image id k is ID_STEP * k
@@ -237,11 +245,18 @@ def write_fake_tiny_imagenet(root, wnids=("n01", "n02", "n03")):
     (root / "val" / "val_annotations.txt").write_text("".join(annotations))
 
 
-def test_tiny_imagenet_builder_reads_the_official_layout(tmp_path):
-    write_fake_tiny_imagenet(tmp_path / "download")
-    config = data.default_data_config(
-        "tiny_imagenet", path=str(tmp_path / "download"), data_dir=str(tmp_path / "tfds")
+@pytest.fixture(scope="module")
+def tiny_imagenet_config(tmp_path_factory):
+    """A fake tiny-imagenet-200 folder, prepared by the first test that reads it."""
+    root = tmp_path_factory.mktemp("tiny_imagenet")
+    write_fake_tiny_imagenet(root / "download")
+    return data.default_data_config(
+        "tiny_imagenet", path=str(root / "download"), data_dir=str(root / "tfds")
     )
+
+
+def test_tiny_imagenet_builder_reads_the_official_layout(tiny_imagenet_config):
+    config = tiny_imagenet_config
     info = data.get_dataset_info(config)
     assert (info.num_train, info.num_eval) == (12, 6)
     assert info.class_names == ("n01", "n02", "n03") and info.image_shape == (64, 64, 3)
@@ -252,6 +267,68 @@ def test_tiny_imagenet_builder_reads_the_official_layout(tmp_path):
     train = next(data.make_train_iterator(config, 12, seed=0))
     assert train["image"].shape == (12, 64, 64, 3)
     assert sorted(np.bincount(train["label"])) == [4, 4, 4]
+
+
+# Makes TensorFlow look uninstalled: no finder finds it (sys.modules["tensorflow"] = None would
+# also stop tfds, which checks whether TensorFlow was imported by looking it up there).
+HIDE_TENSORFLOW = """
+import sys
+
+class HideTensorFlow:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow" or not hasattr(self.finder, "find_spec"):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):  # find_distributions, invalidate_caches, ...
+        return getattr(self.finder, name)
+
+sys.meta_path[:] = [HideTensorFlow(finder) for finder in sys.meta_path]
+"""
+
+
+def test_reading_needs_no_tensorflow_and_preparing_without_it_names_the_extra(
+    tiny_imagenet_config, tmp_path
+):
+    data.get_dataset_info(tiny_imagenet_config)  # prepared here, with TensorFlow
+    prepared = tiny_imagenet_config.to_dict()
+    unprepared = prepared | {"data_dir": str(tmp_path / "empty_tfds")}
+    script = HIDE_TENSORFLOW + f"""
+from alignmix_jax import data
+
+batch = next(data.make_eval_iterator({prepared!r}, 6))
+assert "tensorflow" not in sys.modules, "reading a prepared dataset imported tensorflow"
+print("read", batch["image"].shape, sorted(batch["label"].tolist()))
+try:
+    data.get_dataset_info({unprepared!r})
+except data.DataUnavailableError as error:
+    print("error:", error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "read (6, 64, 64, 3) [0, 0, 1, 1, 2, 2]" in result.stdout
+    error = result.stdout.partition("error:")[2]
+    assert "'tiny_imagenet'" in error and "needs TensorFlow" in error
+    assert "pip install 'alignmix_jax[prepare]'" in error and "-e '.[prepare]'" in error
+
+
+def test_failed_tfds_download_names_the_files_and_their_urls(monkeypatch, tmp_path):
+    def offline(self, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded (NameResolutionError)")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    config = data.default_data_config("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.get_dataset_info(config)
+    message = str(error.value)
+    assert "'fashion_mnist'" in message and "tfds could not download it: ConnectionError" in message
+    assert "train-images-idx3-ubyte.gz" in message and "data.manual_dir" in message
+    assert "http" in message and isinstance(error.value.__cause__, requests.ConnectionError)
 
 
 def test_missing_tiny_imagenet_folder_says_what_to_download(tmp_path):
@@ -301,6 +378,33 @@ def test_fashion_mnist_from_manual_dir(fashion_mnist_config):
     np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
 
 
+def test_tfds_dataset_slices_are_tfds_own_slices(fashion_mnist_config):
+    config = fashion_mnist_config.copy_and_resolve_references()
+    config.train_split, config.eval_split = "train[:45000]", "train[45000:]"
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval) == (45_000, 15_000)
+    config.train_split = "train[:90%]"
+    assert data.get_dataset_info(config).num_train == 54_000
+    spec = resolve_spec(config)
+    builder = tfds.builder("fashion_mnist", data_dir=spec.data_dir)
+    theirs = builder.as_data_source(split="train[45000:]")
+    ours = sources.load_split(spec, "train[45000:]")
+    assert len(ours) == len(theirs) == 15_000
+    rows = [0, 1, 14_999]
+    images, labels, _ = ours.read(np.array(rows))
+    for image, label, record in zip(images, labels, theirs.__getitems__(rows), strict=True):
+        np.testing.assert_array_equal(image, record["image"])
+        assert label == record["label"]
+    # a stratified hold-out of the real dataset: 1,500 of each class, disjoint from training
+    config.train_split, config.eval_split = "train[:54000](stratified)", "train[54000:](stratified)"
+    spec = resolve_spec(config)
+    ((_, held_out),) = sources.select(spec, config.eval_split)
+    ((_, trained),) = sources.select(spec, config.train_split)
+    all_labels = sources.load_split(spec, "train").labels
+    np.testing.assert_array_equal(np.bincount(all_labels[held_out]), [600] * 10)
+    assert len(np.union1d(trained, held_out)) == 60_000
+
+
 def test_cifar10_jpeg_archive(shared_data):
     archive = shared_data / "cifar10_jpg" / "CIFAR-10-images.tar.gz"
     if not archive.is_file():
@@ -316,7 +420,8 @@ def test_cifar10_jpeg_archive(shared_data):
     np.testing.assert_allclose(info.mean, data.DATASETS["cifar10"].mean, atol=3e-3)
     first = next(data.make_eval_iterator(config, 500))
     assert np.bincount(first["label"], minlength=10)[0] == 500  # sorted: airplanes first
-    airplanes = os.path.join(image_folder.image_folder_root(resolve_spec(config)), "test", "airplane")
+    root = image_folder.image_folder_root(resolve_spec(config))
+    airplanes = os.path.join(root, "test", "airplane")
     with Image.open(os.path.join(airplanes, sorted(os.listdir(airplanes))[0])) as image:
         decoded = np.asarray(image.convert("RGB"), np.float32) / 255.0
     expected = (decoded - np.array(info.mean)) / np.array(info.std)
@@ -346,3 +451,72 @@ def test_process_zero_prepares_tfds_data_before_the_others(monkeypatch, process_
         with pytest.raises(data.DataUnavailableError):
             tfds_source.prepared_builder.__wrapped__(types.SimpleNamespace(name="broken"))
         assert events == ["prepare", barrier.replace("fashion_mnist", "broken")]
+
+
+PAPER_CONFIGS = (
+    "cifar10_preactresnet18.py",
+    "cifar10_wrn16_8.py",
+    "cifar100_preactresnet18.py",
+    "cifar100_wrn16_8.py",
+    "tinyimagenet_preactresnet18.py",
+    "cifar10_jpg_short.py",
+)
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture
+def fake_rgb_source(monkeypatch):
+    """Every dataset reads 4 RGB train/test/validation images of known pixels instead (the
+    tfds default normalisation stays); returns the uint8 images (4, S, S, 3) of a size S."""
+    pixels = {}
+
+    def images(size):
+        rng = np.random.default_rng(size)
+        return pixels.setdefault(size, rng.integers(0, 256, (4, size, size, 3), np.uint8))
+
+    fake = types.SimpleNamespace(
+        metadata=lambda spec: sources.DatasetMetadata(
+            ("a", "b"), 3, dict.fromkeys(("train", "test", "validation"), (4,)),
+            spec.defaults.mean,
+            spec.defaults.std,
+        ),
+        read_split=lambda spec, name: ArraySource(images(spec.image_size), np.arange(4) % 2),
+        split_labels=lambda spec, name: np.arange(4) % 2,
+    )
+    monkeypatch.setattr(sources, "get_source", lambda spec: fake)
+    return images
+
+
+def normalised_batch(data_config, tmp_path):
+    """One eval batch of `data_config` on the fake source (unique paths: no cache is shared)."""
+    data_config = data_config.copy_and_resolve_references()
+    data_config.data_dir = data_config.path = str(tmp_path)
+    return data.get_dataset_info(data_config), next(data.make_eval_iterator(data_config, 4))
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configs_normalise_like_the_official_code(name, fake_rgb_source, tmp_path):
+    config = experiment_config.load_config(str(EXPERIMENTS / name))
+    info, batch = normalised_batch(config.data, tmp_path)
+    assert info.mean == (0.4914, 0.4822, 0.4465) and info.std == (0.2023, 0.1994, 0.2010)
+    pixels = fake_rgb_source(info.image_shape[0]) / 255.0
+    expected = (pixels - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_normalisation_override_from_the_command_line(fake_rgb_source, tmp_path):
+    spec = str(EXPERIMENTS / "cifar10_preactresnet18.py")
+    argv = ["main", f"--config={spec}", "--config.data.std=(0.5, 0.25, 0.125)",
+            "--config.data.train_examples_per_class=2"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert config.data.train_examples_per_class == 2
+    info, batch = normalised_batch(config.data, tmp_path)
+    assert info.std == (0.5, 0.25, 0.125) and info.mean == data.OFFICIAL_CIFAR_MEAN
+    expected = (fake_rgb_source(32) / 255.0 - np.array(info.mean)) / np.array(info.std)
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-6, atol=1e-6)
+    # the dataset's own default (the true std of CIFAR-10's pixels) without the override
+    info, _ = normalised_batch(data.default_data_config("cifar10"), tmp_path)
+    assert info.std == data.DATASETS["cifar10"].std == (0.2470, 0.2435, 0.2616)

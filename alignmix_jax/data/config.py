@@ -108,6 +108,21 @@ class DataSpec:
     def defaults(self) -> DatasetDefaults:
         return DATASETS[self.name]
 
+    @property
+    def storage(self) -> DataSpec:
+        """This spec reduced to what decides how whole splits are read and stored (dataset,
+        paths, image size, the split folder classes come from): what sources cache them under."""
+        return dataclasses.replace(
+            self,
+            augment="none",
+            train_split=splits.split_names(self.train_split)[0],
+            eval_split="",
+            split_seed=0,
+            train_examples_per_class=None,
+            mean=None,
+            std=None,
+        )
+
 
 def default_data_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     """Returns a complete `config.data` ConfigDict for dataset `name`, with `overrides` applied.

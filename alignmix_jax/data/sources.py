@@ -33,28 +33,34 @@ def get_source(spec: DataSpec) -> types.ModuleType:
     return SOURCES[spec.defaults.source]
 
 
-@functools.cache
 def dataset_metadata(spec: DataSpec) -> DatasetMetadata:
     """Class names, channels, split shard lengths and default normalisation of the dataset."""
-    return get_source(spec).metadata(spec)
+    return _metadata(spec.storage)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache
+def _metadata(storage: DataSpec) -> DatasetMetadata:
+    return get_source(storage).metadata(storage)
+
+
 def select(
     spec: DataSpec, split: str, *, per_class: int | None = None, field: str = "split"
 ) -> splits.Selection:
     """The rows `split` names, ((split name, rows (n,)), ...); with `per_class`, a seeded subset
     of `per_class` rows of every class (`splits.examples_per_class`). A split that does not parse
     or fit the dataset raises ValueError naming `field`."""
-    meta = dataset_metadata(spec)
-    labels_of = functools.partial(get_source(spec).split_labels, spec)
-    selection = splits.select_rows(
-        split, meta.split_shards, labels_of, spec.split_seed, field=field
-    )
+    return _select(spec.storage, spec.split_seed, split, per_class, field)
+
+
+@functools.lru_cache(maxsize=16)
+def _select(storage: DataSpec, seed: int, split: str, per_class: int | None, field: str):
+    meta = _metadata(storage)
+    labels_of = functools.partial(get_source(storage).split_labels, storage)
+    selection = splits.select_rows(split, meta.split_shards, labels_of, seed, field=field)
     if per_class is None:
         return selection
     return splits.examples_per_class(
-        selection, labels_of, per_class, spec.split_seed, meta.class_names, split=split
+        selection, labels_of, per_class, seed, meta.class_names, split=split
     )
 
 
@@ -69,14 +75,18 @@ def num_examples(
     return splits.split_size(split, dataset_metadata(spec).split_shards, field=field)
 
 
-@functools.lru_cache(maxsize=8)
 def load_split(spec: DataSpec, split: str, *, per_class: int | None = None, field: str = "split"):
     """The examples `select` names, as an `ArraySource` (in memory) or a
     `tfds_source.RecordSource` (decoded per record); both answer `len()` and `read(indices)`."""
-    source = get_source(spec)
+    return _load(spec.storage, spec.split_seed, split, per_class, field)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(storage: DataSpec, seed: int, split: str, per_class: int | None, field: str):
+    source = get_source(storage)
     parts = []
-    for name, rows in select(spec, split, per_class=per_class, field=field):
-        whole = source.read_split(spec, name)
+    for name, rows in _select(storage, seed, split, per_class, field):
+        whole = source.read_split(storage, name)
         is_whole = len(rows) == len(whole) and np.array_equal(rows, np.arange(len(whole)))
         parts.append(whole if is_whole else whole.take(rows))
     return parts[0] if len(parts) == 1 else type(parts[0]).concatenate(parts)
