@@ -269,6 +269,25 @@ def test_tiny_imagenet_builder_reads_the_official_layout(tiny_imagenet_config):
     assert sorted(np.bincount(train["label"])) == [4, 4, 4]
 
 
+
+def test_record_datasets_take_subsets_and_joined_slices(tiny_imagenet_config):
+    """Per-record (tfds_records) data: a per-class subset of a stratified slice, and two splits
+    joined by '+', read through the same rows as the whole splits."""
+    config = tiny_imagenet_config.copy_and_resolve_references()
+    config.train_split, config.train_examples_per_class = "train[:75%](stratified)", 2
+    config.eval_split, config.augment = "validation[-2:]+train[:1]", "none"
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval) == (6, 3)
+    train = next(data.make_train_iterator(config, 6, seed=0))
+    np.testing.assert_array_equal(np.bincount(train["label"]), [2, 2, 2])
+    (joined,) = list(data.make_eval_iterator(config, 3))
+    (validation,) = list(data.make_eval_iterator(config, 6, split="validation"))
+    (train,) = list(data.make_eval_iterator(config, 12, split="train"))
+    for key in ("image", "label"):
+        expected = np.concatenate([validation[key][4:], train[key][:1]])
+        np.testing.assert_array_equal(joined[key], expected)
+
+
 # Makes TensorFlow look uninstalled: no finder finds it (sys.modules["tensorflow"] = None would
 # also stop tfds, which checks whether TensorFlow was imported by looking it up there).
 HIDE_TENSORFLOW = """

@@ -160,10 +160,9 @@ def _expand(path: str | os.PathLike | None) -> str | None:
     return None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def _non_negative_int(field: str, value: Any, *, positive: bool = False) -> int:
-    least = 1 if positive else 0
+def _int_at_least(field: str, value: Any, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        kind = "a positive" if positive else "a non-negative"
+        kind = "a positive" if least == 1 else "a non-negative"
         raise ValueError(f"data.{field}: expected {kind} int, got {value!r}")
     return value
 
@@ -222,7 +221,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
         raise ValueError(f"data.path: dataset {name!r} needs the root folder of its data, got None")
     per_class = data_config.get("train_examples_per_class")
     if per_class is not None:
-        per_class = _non_negative_int("train_examples_per_class", per_class, positive=True)
+        per_class = _int_at_least("train_examples_per_class", per_class, 1)
     split_seed = data_config.get("split_seed")
     return DataSpec(
         name=name,
@@ -234,7 +233,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
         augment=augment,
         train_split=_split_field("train_split", data_config.get("train_split") or "train"),
         eval_split=_split_field("eval_split", data_config.get("eval_split") or defaults.eval_split),
-        split_seed=_non_negative_int("split_seed", 0 if split_seed is None else split_seed),
+        split_seed=_int_at_least("split_seed", 0 if split_seed is None else split_seed, 0),
         train_examples_per_class=per_class,
         mean=_channel_values("mean", data_config.get("mean")),
         std=_channel_values("std", data_config.get("std")),

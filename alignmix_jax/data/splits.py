@@ -3,22 +3,25 @@ and seeded per-class subsets of the training rows.
 
 Syntax of `data.train_split`, `data.eval_split` and `make_eval_iterator(split=...)`::
 
-    SPLIT := PART ("+" PART)*                       rows of each PART, concatenated
-    PART  := NAME | NAME "[" FROM ":" TO "]" | "all"   (optionally followed by "(stratified)")
+    SPLIT := PART ("+" PART)*                          rows of each PART, concatenated
+    PART  := NAME | NAME "[" FROM ":" TO "]" | "all"   optionally followed by "(stratified)"
     FROM, TO := empty | INT | NUMBER "%" | INT "shard"   (a negative INT counts from the end)
 
 e.g. `train[:45000]`, `train[45000:]`, `train[:90%]`, `train[-10%:]`, `train[:10%]+test`. The
-slices are tfds's own: `tfds.core.ReadInstruction.from_spec(PART).to_absolute(split sizes)` turns
-every part into rows `[from, to)` of one split, for tfds datasets, image folders and digits alike,
-so percentages round as tfds rounds them (to the closest row, `round(percent * n / 100)`, ties to
-even) and an image folder's `train[:90%]` holds the same number of rows as a tfds dataset's.
+slices are tfds's own for every source (tfds datasets, image folders, digits):
+`tfds.core.ReadInstruction.from_spec(PART).to_absolute(split sizes)` turns each part into rows
+`[from, to)` of one split, so percentages round exactly as in tfds (to the closest row,
+`round(percent * n / 100)`, ties to even: 50% of 1,437 rows is 718).
 
-Plain slices are contiguous in the split's stored order (for image folders: class folders in
-sorted order, files sorted by name; so `train[:90%]` of a sorted folder holds out whole classes).
-`(stratified)` takes the slice from a seeded stratified order of the split instead (see
-`stratified_order`): `train[:90%](stratified)` holds 90% of every class, drawn at random with
-`data.split_seed`, and `train[90%:](stratified)` (same seed) holds exactly the other rows. The
-rows of a selection are returned in ascending order within each part.
+A plain slice is contiguous in the split's stored order: for tfds datasets the order tfds wrote
+when it prepared the dataset (it shuffles most datasets then), for image folders the class
+folders in sorted order with files sorted by name (so `train[90%:]` of a folder holds out only its
+last classes), for digits a fixed permutation. `(stratified)` takes the slice from a seeded
+stratified order of the split instead (`stratified_order`): `train[:90%](stratified)` holds 90% of
+every class, drawn at random with `data.split_seed`, and `train[90%:](stratified)` with the same
+seed holds exactly the other rows. Rows come back in ascending order within each part.
+`examples_per_class` then draws `data.train_examples_per_class` rows of each class from the
+training rows, with the same seed.
 """
 
 from __future__ import annotations
