@@ -171,6 +171,7 @@ def metadata(spec: DataSpec) -> DatasetMetadata:
     )
 
 
+@functools.lru_cache(maxsize=4)
 def read_split(spec: DataSpec, name: str) -> ArraySource:
     """The whole split folder `name`, images (n, S, S, C) uint8, in memory."""
     images = np.load(os.path.join(_cache_folder(spec), f"{name}-images.npy"))

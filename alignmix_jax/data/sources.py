@@ -43,24 +43,31 @@ def _metadata(storage: DataSpec) -> DatasetMetadata:
     return get_source(storage).metadata(storage)
 
 
+def _split_size(spec: DataSpec, split: str, field: str) -> int:
+    """Rows `split` names (before any per-class subset); ValueError naming `field` when it does
+    not parse or fit the dataset."""
+    return splits.split_size(split, dataset_metadata(spec).split_shards, field=field)
+
+
 def select(
     spec: DataSpec, split: str, *, per_class: int | None = None, field: str = "split"
 ) -> splits.Selection:
     """The rows `split` names, ((split name, rows (n,)), ...); with `per_class`, a seeded subset
     of `per_class` rows of every class (`splits.examples_per_class`). A split that does not parse
     or fit the dataset raises ValueError naming `field`."""
-    return _select(spec.storage, spec.split_seed, split, per_class, field)
+    _split_size(spec, split, field)
+    return _select(spec.storage, spec.split_seed, split, per_class)
 
 
 @functools.lru_cache(maxsize=16)
-def _select(storage: DataSpec, seed: int, split: str, per_class: int | None, field: str):
+def _select(storage: DataSpec, seed: int, split: str, per_class: int | None):
     meta = _metadata(storage)
     labels_of = functools.partial(get_source(storage).split_labels, storage)
-    selection = splits.select_rows(split, meta.split_shards, labels_of, seed, field=field)
+    selection = splits.select_rows(split, meta.split_shards, labels_of, seed)
     if per_class is None:
         return selection
     return splits.examples_per_class(
-        selection, labels_of, per_class, seed, meta.class_names, split=split
+        selection, labels_of, per_class, seed, meta.class_names, split
     )
 
 
@@ -69,23 +76,24 @@ def num_examples(
 ) -> int:
     """How many examples `select` holds; reads labels only for `per_class` (the size of a slice
     does not depend on the order it is taken from)."""
-    if per_class is not None:
-        selection = select(spec, split, per_class=per_class, field=field)
-        return sum(len(rows) for _, rows in selection)
-    return splits.split_size(split, dataset_metadata(spec).split_shards, field=field)
+    size = _split_size(spec, split, field)
+    if per_class is None:
+        return size
+    return sum(len(rows) for _, rows in _select(spec.storage, spec.split_seed, split, per_class))
 
 
 def load_split(spec: DataSpec, split: str, *, per_class: int | None = None, field: str = "split"):
     """The examples `select` names, as an `ArraySource` (in memory) or a
     `tfds_source.RecordSource` (decoded per record); both answer `len()` and `read(indices)`."""
-    return _load(spec.storage, spec.split_seed, split, per_class, field)
+    _split_size(spec, split, field)
+    return _load(spec.storage, spec.split_seed, split, per_class)
 
 
 @functools.lru_cache(maxsize=8)
-def _load(storage: DataSpec, seed: int, split: str, per_class: int | None, field: str):
+def _load(storage: DataSpec, seed: int, split: str, per_class: int | None):
     source = get_source(storage)
     parts = []
-    for name, rows in _select(storage, seed, split, per_class, field):
+    for name, rows in _select(storage, seed, split, per_class):
         whole = source.read_split(storage, name)
         is_whole = len(rows) == len(whole) and np.array_equal(rows, np.arange(len(whole)))
         parts.append(whole if is_whole else whole.take(rows))
@@ -133,6 +141,5 @@ def normalisation(spec: DataSpec) -> tuple[tuple[float, ...], tuple[float, ...]]
                 f"data.std: the training rows of {spec.name!r} are constant in a channel (std "
                 f"{std}); set data.std"
             )
-    return _check_channels("mean", mean, spec, meta.channels), _check_channels(
-        "std", std, spec, meta.channels
-    )
+    mean = _check_channels("mean", mean, spec, meta.channels)
+    return mean, _check_channels("std", std, spec, meta.channels)

@@ -168,11 +168,10 @@ def examples_per_class(
     per_class: int,
     seed: int,
     class_names: Sequence[str],
-    *,
-    field: str = "data.train_examples_per_class",
-    split: str = "",
+    split: str,
 ) -> Selection:
-    """`per_class` examples of every class of `class_names`, drawn from `selection` with `seed`.
+    """`per_class` examples of every class of `class_names`, drawn from `selection` (the rows of
+    `split`, named in the error) with `seed`.
 
     Each class's rows are shuffled by a generator seeded with `seed` alone, and the first
     `per_class` are kept, so the subset for N is part of the subset for any larger N. Raises
@@ -183,8 +182,9 @@ def examples_per_class(
     short = [f"{class_names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < per_class)]
     if short:
         raise ValueError(
-            f"{field}: {per_class} examples of each class requested, but split {split!r} has "
-            f"fewer of class {', '.join(short[:10])}{' ...' if len(short) > 10 else ''}"
+            f"data.train_examples_per_class: {per_class} examples of each class requested, but "
+            f"split {split!r} has fewer of class {', '.join(short[:10])}"
+            f"{' ...' if len(short) > 10 else ''}"
         )
     rng = np.random.default_rng([SUBSET_STREAM, seed])
     keep = np.zeros(len(labels), bool)
