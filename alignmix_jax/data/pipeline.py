@@ -56,8 +56,10 @@ class DatasetInfo:
 
 def get_dataset_info(data_config) -> DatasetInfo:
     """The `DatasetInfo` of `config.data`: `num_train` counts the training rows (`train_split`
-    after slicing and `train_examples_per_class`), `num_eval` the rows of `eval_split`. Reads
-    metadata (prepares a tfds dataset once), and labels where a per-class subset needs them."""
+    after slicing and `train_examples_per_class`), `num_eval` the rows of `eval_split`; `mean` and
+    `std` are what the pipelines normalise with. Reads metadata (prepares a tfds dataset once),
+    labels where a stratified slice or a per-class subset needs them, and the training images where
+    the statistics are computed from them (image folders, digits without `data.mean`/`data.std`)."""
     spec = resolve_spec(data_config)
     meta = sources.dataset_metadata(spec)
     num_train = sources.num_training_examples(spec)
