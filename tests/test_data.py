@@ -1,21 +1,31 @@
-"""Input pipelines: determinism, epoch-exactness, host sharding, resumption, preprocessing, errors.
+"""Input pipelines: determinism, epoch-exactness, host sharding, resumption, preprocessing, split
+selection (tfds slicing, stratified hold-outs, per-class subsets), normalisation, errors.
 
-Most tests use sklearn's digits or a small image folder written here whose pixels encode each
+Most tests use sklearn's digits or small image folders written here whose pixels encode each
 image's id, so the examples a batch holds can be read back. The tests on the real Fashion-MNIST and
 CIFAR-10 copies skip when ../shared/data is absent.
 """
 
+import logging
 import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
 import numpy as np
 import pytest
+import requests
+import tensorflow_datasets as tfds
+from absl import flags
 from jax.sharding import Mesh
+from ml_collections import config_flags
 from PIL import Image
 
-from alignmix_jax import data
-from alignmix_jax.data import augment, sources
+from alignmix_jax import data, experiment_config
+from alignmix_jax.data import augment, image_folder, sources, splits, tfds_source
+from alignmix_jax.data.base import ArraySource
 from alignmix_jax.data.config import resolve_spec
 
 ID_STEP = 4  # pixel value of image id k is ID_STEP * k
@@ -23,19 +33,26 @@ NUM_TRAIN_PER_CLASS, NUM_TEST_PER_CLASS = 24, 5
 CACHE_DIR = os.path.expanduser("~/.cache/alignmix_jax")
 
 
-@pytest.fixture(scope="module")
-def id_folder(tmp_path_factory):
-    """An image folder of 8x8 grayscale PNGs, 2 classes; image id k has every pixel = 4 * k."""
-    root = tmp_path_factory.mktemp("id_folder")
+def write_id_folder(root, train_counts, test_counts):
+    """An image folder of 8x8 grayscale PNGs, `{split}/{class}/` with the given number of images
+    per class; ids run over train then test, class by class, and image id k has every pixel 4k."""
     image_id = 0
-    for split, per_class in (("train", NUM_TRAIN_PER_CLASS), ("test", NUM_TEST_PER_CLASS)):
-        for class_name in ("cat", "dog"):
+    for split, counts in (("train", train_counts), ("test", test_counts)):
+        for class_name, count in counts.items():
             (root / split / class_name).mkdir(parents=True)
-            for k in range(per_class):
+            for k in range(count):
                 pixels = np.full((8, 8), ID_STEP * image_id, np.uint8)
                 Image.fromarray(pixels).save(root / split / class_name / f"{k:03d}.png")
                 image_id += 1
     return root
+
+
+@pytest.fixture(scope="module")
+def id_folder(tmp_path_factory):
+    """Two classes, cat and dog: 24 train images each (ids 0-47), 5 test images each (48-57)."""
+    root = tmp_path_factory.mktemp("id_folder")
+    counts = {"train": NUM_TRAIN_PER_CLASS, "test": NUM_TEST_PER_CLASS}
+    return write_id_folder(root, *(dict.fromkeys(("cat", "dog"), counts[s]) for s in counts))
 
 
 def folder_config(root, **overrides):
@@ -237,11 +254,18 @@ def write_fake_tiny_imagenet(root, wnids=("n01", "n02", "n03")):
     (root / "val" / "val_annotations.txt").write_text("".join(annotations))
 
 
-def test_tiny_imagenet_builder_reads_the_official_layout(tmp_path):
-    write_fake_tiny_imagenet(tmp_path / "download")
-    config = data.default_data_config(
-        "tiny_imagenet", path=str(tmp_path / "download"), data_dir=str(tmp_path / "tfds")
+@pytest.fixture(scope="module")
+def tiny_imagenet_config(tmp_path_factory):
+    """A fake tiny-imagenet-200 folder, prepared by the first test that reads it."""
+    root = tmp_path_factory.mktemp("tiny_imagenet")
+    write_fake_tiny_imagenet(root / "download")
+    return data.default_data_config(
+        "tiny_imagenet", path=str(root / "download"), data_dir=str(root / "tfds")
     )
+
+
+def test_tiny_imagenet_builder_reads_the_official_layout(tiny_imagenet_config):
+    config = tiny_imagenet_config
     info = data.get_dataset_info(config)
     assert (info.num_train, info.num_eval) == (12, 6)
     assert info.class_names == ("n01", "n02", "n03") and info.image_shape == (64, 64, 3)
@@ -252,6 +276,87 @@ def test_tiny_imagenet_builder_reads_the_official_layout(tmp_path):
     train = next(data.make_train_iterator(config, 12, seed=0))
     assert train["image"].shape == (12, 64, 64, 3)
     assert sorted(np.bincount(train["label"])) == [4, 4, 4]
+
+
+
+def test_record_datasets_take_subsets_and_joined_slices(tiny_imagenet_config):
+    """Per-record (tfds_records) data: a per-class subset of a stratified slice, and two splits
+    joined by '+', read through the same rows as the whole splits."""
+    config = tiny_imagenet_config.copy_and_resolve_references()
+    config.train_split, config.train_examples_per_class = "train[:75%](stratified)", 2
+    config.eval_split, config.augment = "validation[-2:]+train[:1]", "none"
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval) == (6, 3)
+    train = next(data.make_train_iterator(config, 6, seed=0))
+    np.testing.assert_array_equal(np.bincount(train["label"]), [2, 2, 2])
+    (joined,) = list(data.make_eval_iterator(config, 3))
+    (validation,) = list(data.make_eval_iterator(config, 6, split="validation"))
+    (train,) = list(data.make_eval_iterator(config, 12, split="train"))
+    for key in ("image", "label"):
+        expected = np.concatenate([validation[key][4:], train[key][:1]])
+        np.testing.assert_array_equal(joined[key], expected)
+
+
+# Makes TensorFlow look uninstalled: no finder finds it (sys.modules["tensorflow"] = None would
+# also stop tfds, which checks whether TensorFlow was imported by looking it up there).
+HIDE_TENSORFLOW = """
+import sys
+
+class HideTensorFlow:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow" or not hasattr(self.finder, "find_spec"):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):  # find_distributions, invalidate_caches, ...
+        return getattr(self.finder, name)
+
+sys.meta_path[:] = [HideTensorFlow(finder) for finder in sys.meta_path]
+"""
+
+
+def test_reading_needs_no_tensorflow_and_preparing_without_it_names_the_extra(
+    tiny_imagenet_config, tmp_path
+):
+    data.get_dataset_info(tiny_imagenet_config)  # prepared here, with TensorFlow
+    prepared = tiny_imagenet_config.to_dict()
+    unprepared = prepared | {"data_dir": str(tmp_path / "empty_tfds")}
+    script = HIDE_TENSORFLOW + f"""
+from alignmix_jax import data
+
+batch = next(data.make_eval_iterator({prepared!r}, 6))
+assert "tensorflow" not in sys.modules, "reading a prepared dataset imported tensorflow"
+print("read", batch["image"].shape, sorted(batch["label"].tolist()))
+try:
+    data.get_dataset_info({unprepared!r})
+except data.DataUnavailableError as error:
+    print("error:", error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "read (6, 64, 64, 3) [0, 0, 1, 1, 2, 2]" in result.stdout
+    error = result.stdout.partition("error:")[2]
+    assert "'tiny_imagenet'" in error and "needs TensorFlow" in error
+    assert "pip install 'alignmix_jax[prepare]'" in error and "-e '.[prepare]'" in error
+
+
+def test_failed_tfds_download_names_the_files_and_their_urls(monkeypatch, tmp_path):
+    def offline(self, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded (NameResolutionError)")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    config = data.default_data_config("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.get_dataset_info(config)
+    message = str(error.value)
+    assert "'fashion_mnist'" in message and "tfds could not download it: ConnectionError" in message
+    assert "train-images-idx3-ubyte.gz" in message and "data.manual_dir" in message
+    assert "http" in message and isinstance(error.value.__cause__, requests.ConnectionError)
 
 
 def test_missing_tiny_imagenet_folder_says_what_to_download(tmp_path):
@@ -279,6 +384,141 @@ def test_prefetch_to_mesh_shards_the_batch_over_devices():
         data.prefetch_to_mesh(iter(host_batches), Mesh(devices, ("model",)))
 
 
+# ----------------------------------------------------------------------------- split selection
+
+UNEVEN = {"cat": 24, "dog": 12, "emu": 8}  # train images per class, ids 0-23, 24-35, 36-43
+
+
+@pytest.fixture(scope="module")
+def uneven_folder(tmp_path_factory):
+    """Train: 24 cats, 12 dogs, 8 emus (ids 0-43); test: 2 of each (ids 44-49)."""
+    return write_id_folder(
+        tmp_path_factory.mktemp("uneven_folder"), UNEVEN, dict.fromkeys(UNEVEN, 2)
+    )
+
+
+def uneven_config(root, **overrides):
+    return folder_config(root, augment="none", **overrides)
+
+
+def eval_ids(config, split):
+    """The ids of every real example of one ordered eval pass over `split`."""
+    info = data.get_dataset_info(config)
+    batches = data.make_eval_iterator(config, 16, split=split)
+    return np.concatenate([image_ids(b, info)[b["mask"] == 1] for b in batches])
+
+
+def class_of(ids):
+    return np.searchsorted(np.cumsum(list(UNEVEN.values())), ids, side="right")
+
+
+def test_plain_slices_are_tfds_slices_of_the_stored_order(uneven_folder):
+    config = folder_config(uneven_folder)
+    np.testing.assert_array_equal(eval_ids(config, "train[:10]"), np.arange(10))
+    np.testing.assert_array_equal(eval_ids(config, "train[40:]"), np.arange(40, 44))
+    np.testing.assert_array_equal(eval_ids(config, "train[-3:]"), np.arange(41, 44))
+    np.testing.assert_array_equal(eval_ids(config, "train[:25%]"), np.arange(11))  # 44/4 = 11
+    both = eval_ids(config, "train[:2]+test[-1:]")
+    np.testing.assert_array_equal(both, [0, 1, 49])
+    np.testing.assert_array_equal(np.sort(eval_ids(config, "all")), np.arange(50))
+    # percentages round as tfds rounds them: 1,437 * 50% = 718.5 -> 718 (ties to even)
+    digits = data.default_data_config("digits", train_split="train[:50%]", eval_split="train[50%:]")
+    info = data.get_dataset_info(digits)
+    assert (info.num_train, info.num_eval) == (718, 719)
+
+
+def test_stratified_hold_out_is_disjoint_covering_and_keeps_class_shares(uneven_folder):
+    config = uneven_config(
+        uneven_folder, train_split="train[:75%](stratified)", eval_split="train[75%:](stratified)"
+    )
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval) == (33, 11)
+    one_epoch = data.make_train_iterator(config, 11, seed=0)
+    trained = np.concatenate([image_ids(next(one_epoch), info) for _ in range(3)])
+    held_out = eval_ids(config, None)
+    assert len(set(trained)) == 33 and not set(trained) & set(held_out)
+    assert sorted(np.concatenate([trained, held_out])) == list(range(44))
+    np.testing.assert_array_equal(np.bincount(class_of(held_out)), [6, 3, 2])  # 25% of each
+    # the plain slice is contiguous: it holds out the last classes' images only
+    assert set(class_of(eval_ids(config, "train[75%:]"))) == {1, 2}
+    # reproducible, and another split_seed draws another hold-out
+    assert list(eval_ids(config, None)) == list(held_out)
+    reseeded = eval_ids(uneven_config(uneven_folder, split_seed=1), "train[75%:](stratified)")
+    assert set(reseeded) != set(held_out)
+    np.testing.assert_array_equal(np.bincount(class_of(reseeded)), [6, 3, 2])
+
+
+def test_stratified_order_spreads_every_class_over_any_prefix():
+    labels = np.repeat(np.arange(10), 5000)
+    order = splits.stratified_order(labels, seed=0)
+    assert sorted(order) == list(range(50_000))
+    np.testing.assert_array_equal(np.bincount(labels[order[:45_000]]), [4500] * 10)
+    rng = np.random.default_rng(0)
+    uneven = rng.permutation(np.repeat(np.arange(7), 4 * rng.integers(1, 20, 7)))
+    order = splits.stratified_order(uneven, seed=3)
+    shares = np.bincount(uneven) / len(uneven)
+    for prefix in range(len(uneven) + 1):
+        counts = np.bincount(uneven[order[:prefix]], minlength=7)
+        quotas = prefix * shares
+        assert np.abs(counts - quotas).max() < 2
+        if np.allclose(quotas, np.rint(quotas)):  # e.g. a quarter of every class
+            np.testing.assert_array_equal(counts, np.rint(quotas))
+
+
+def test_train_examples_per_class_is_a_seeded_nested_stratified_subset():
+    def rows(**overrides):
+        config = data.default_data_config("digits", **overrides)
+        ((name, selected),) = sources.select(
+            resolve_spec(config), config.train_split,
+            per_class=config.train_examples_per_class,
+        )
+        return set(selected)
+
+    config = data.default_data_config("digits", train_examples_per_class=5)
+    info = data.get_dataset_info(config)
+    assert info.num_train == 50 and data.steps_per_epoch(config, 10) == 5
+    epoch = data.make_train_iterator(config, 10, seed=0)
+    labels = np.concatenate([next(epoch)["label"] for _ in range(5)])
+    np.testing.assert_array_equal(np.bincount(labels), [5] * 10)
+    assert rows(train_examples_per_class=5) == rows(train_examples_per_class=5)
+    assert rows(train_examples_per_class=5) < rows(train_examples_per_class=20)
+    assert rows(train_examples_per_class=5) != rows(train_examples_per_class=5, split_seed=1)
+    # a subset of a stratified training slice stays out of the matching hold-out
+    held = {"train_split": "train[:80%](stratified)", "eval_split": "train[80%:](stratified)"}
+    subset = rows(train_examples_per_class=20, **held)
+    assert subset < rows(**held) and len(subset) == 200
+    eval_spec = resolve_spec(data.default_data_config("digits", **held))
+    ((_, held_out),) = sources.select(eval_spec, held["eval_split"])
+    assert not subset & set(held_out)
+    with pytest.raises(ValueError, match=r"data.train_examples_per_class: 200 .*class '0' \(1"):
+        data.get_dataset_info(data.default_data_config("digits", train_examples_per_class=200))
+
+
+def test_evaluating_on_training_rows_is_logged(uneven_folder, caplog):
+    config = uneven_config(uneven_folder, train_split="train[:40]", eval_split="train[30:]")
+    with caplog.at_level(logging.WARNING):
+        data.get_dataset_info(config)
+    assert "shares 10 examples with the training rows" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("train_split", "train[::2]", r"data.train_split: 'train\[::2\]'.*expected NAME"),
+        ("train_split", "train(shuffled)", r"data.train_split: cannot parse 'train\(shuffled\)'"),
+        ("eval_split", "test[:2000]", r"data.eval_split: 'test\[:2000\]' does not fit.*360"),
+        ("eval_split", "valid", r"data.eval_split: 'valid'.*available: \['test', 'train'\]"),
+        ("split_seed", -1, "data.split_seed: expected a non-negative int"),
+        ("train_examples_per_class", 0, "data.train_examples_per_class: expected a positive"),
+        ("mean", (0.5, 0.5, 0.5), r"data.mean: expected 1 values, one per channel"),
+        ("std", (0.0,), "data.std: expected a tuple of positive numbers"),
+    ],
+)
+def test_bad_split_and_subset_fields_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        data.get_dataset_info(data.default_data_config("digits", **{field: value}))
+
+
 @pytest.fixture(scope="module")
 def fashion_mnist_config(shared_data):
     """Fashion-MNIST prepared once from the local files into the persistent cache."""
@@ -301,6 +541,33 @@ def test_fashion_mnist_from_manual_dir(fashion_mnist_config):
     np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
 
 
+def test_tfds_dataset_slices_are_tfds_own_slices(fashion_mnist_config):
+    config = fashion_mnist_config.copy_and_resolve_references()
+    config.train_split, config.eval_split = "train[:45000]", "train[45000:]"
+    info = data.get_dataset_info(config)
+    assert (info.num_train, info.num_eval) == (45_000, 15_000)
+    config.train_split = "train[:90%]"
+    assert data.get_dataset_info(config).num_train == 54_000
+    spec = resolve_spec(config)
+    builder = tfds.builder("fashion_mnist", data_dir=spec.data_dir)
+    theirs = builder.as_data_source(split="train[45000:]")
+    ours = sources.load_split(spec, "train[45000:]")
+    assert len(ours) == len(theirs) == 15_000
+    rows = [0, 1, 14_999]
+    images, labels, _ = ours.read(np.array(rows))
+    for image, label, record in zip(images, labels, theirs.__getitems__(rows), strict=True):
+        np.testing.assert_array_equal(image, record["image"])
+        assert label == record["label"]
+    # a stratified hold-out of the real dataset: 1,500 of each class, disjoint from training
+    config.train_split, config.eval_split = "train[:54000](stratified)", "train[54000:](stratified)"
+    spec = resolve_spec(config)
+    ((_, held_out),) = sources.select(spec, config.eval_split)
+    ((_, trained),) = sources.select(spec, config.train_split)
+    all_labels = sources.load_split(spec, "train").labels
+    np.testing.assert_array_equal(np.bincount(all_labels[held_out]), [600] * 10)
+    assert len(np.union1d(trained, held_out)) == 60_000
+
+
 def test_cifar10_jpeg_archive(shared_data):
     archive = shared_data / "cifar10_jpg" / "CIFAR-10-images.tar.gz"
     if not archive.is_file():
@@ -316,7 +583,8 @@ def test_cifar10_jpeg_archive(shared_data):
     np.testing.assert_allclose(info.mean, data.DATASETS["cifar10"].mean, atol=3e-3)
     first = next(data.make_eval_iterator(config, 500))
     assert np.bincount(first["label"], minlength=10)[0] == 500  # sorted: airplanes first
-    airplanes = os.path.join(sources.image_folder_root(resolve_spec(config)), "test", "airplane")
+    root = image_folder.image_folder_root(resolve_spec(config))
+    airplanes = os.path.join(root, "test", "airplane")
     with Image.open(os.path.join(airplanes, sorted(os.listdir(airplanes))[0])) as image:
         decoded = np.asarray(image.convert("RGB"), np.float32) / 255.0
     expected = (decoded - np.array(info.mean)) / np.array(info.std)
@@ -330,19 +598,88 @@ def test_process_zero_prepares_tfds_data_before_the_others(monkeypatch, process_
     def prepare(spec):
         events.append("prepare")
         if spec.name == "broken":
-            raise sources.DataUnavailableError("missing")
+            raise data.DataUnavailableError("missing")
         return "builder"
 
-    monkeypatch.setattr(sources.jax, "process_count", lambda: 2)
-    monkeypatch.setattr(sources.jax, "process_index", lambda: process_index)
-    monkeypatch.setattr(sources.multihost_utils, "sync_global_devices", events.append)
-    monkeypatch.setattr(sources, "_prepare_builder", prepare)
+    monkeypatch.setattr(tfds_source.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(tfds_source.jax, "process_index", lambda: process_index)
+    monkeypatch.setattr(tfds_source.multihost_utils, "sync_global_devices", events.append)
+    monkeypatch.setattr(tfds_source, "_prepare_builder", prepare)
     spec = types.SimpleNamespace(name="fashion_mnist")
-    assert sources.prepared_builder.__wrapped__(spec) == "builder"
+    assert tfds_source.prepared_builder.__wrapped__(spec) == "builder"
     barrier = events[1 - process_index]
     assert events == (["prepare", barrier] if process_index == 0 else [barrier, "prepare"])
     if process_index == 0:  # a failure on process 0 still releases the others
         events.clear()
-        with pytest.raises(sources.DataUnavailableError):
-            sources.prepared_builder.__wrapped__(types.SimpleNamespace(name="broken"))
+        with pytest.raises(data.DataUnavailableError):
+            tfds_source.prepared_builder.__wrapped__(types.SimpleNamespace(name="broken"))
         assert events == ["prepare", barrier.replace("fashion_mnist", "broken")]
+
+
+PAPER_CONFIGS = (
+    "cifar10_preactresnet18.py",
+    "cifar10_wrn16_8.py",
+    "cifar100_preactresnet18.py",
+    "cifar100_wrn16_8.py",
+    "tinyimagenet_preactresnet18.py",
+    "cifar10_jpg_short.py",
+)
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture
+def fake_rgb_source(monkeypatch):
+    """Every dataset reads 4 RGB train/test/validation images of known pixels instead (the
+    tfds default normalisation stays); returns the uint8 images (4, S, S, 3) of a size S."""
+    pixels = {}
+
+    def images(size):
+        rng = np.random.default_rng(size)
+        return pixels.setdefault(size, rng.integers(0, 256, (4, size, size, 3), np.uint8))
+
+    fake = types.SimpleNamespace(
+        metadata=lambda spec: sources.DatasetMetadata(
+            ("a", "b"), 3, dict.fromkeys(("train", "test", "validation"), (4,)),
+            spec.defaults.mean,
+            spec.defaults.std,
+        ),
+        read_split=lambda spec, name: ArraySource(images(spec.image_size), np.arange(4) % 2),
+        split_labels=lambda spec, name: np.arange(4) % 2,
+    )
+    monkeypatch.setattr(sources, "get_source", lambda spec: fake)
+    return images
+
+
+def normalised_batch(data_config, tmp_path):
+    """One eval batch of `data_config` on the fake source (unique paths: no cache is shared)."""
+    data_config = data_config.copy_and_resolve_references()
+    data_config.data_dir = data_config.path = str(tmp_path)
+    return data.get_dataset_info(data_config), next(data.make_eval_iterator(data_config, 4))
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configs_normalise_like_the_official_code(name, fake_rgb_source, tmp_path):
+    config = experiment_config.load_config(str(EXPERIMENTS / name))
+    info, batch = normalised_batch(config.data, tmp_path)
+    assert info.mean == (0.4914, 0.4822, 0.4465) and info.std == (0.2023, 0.1994, 0.2010)
+    pixels = fake_rgb_source(info.image_shape[0]) / 255.0
+    expected = (pixels - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_normalisation_override_from_the_command_line(fake_rgb_source, tmp_path):
+    spec = str(EXPERIMENTS / "cifar10_preactresnet18.py")
+    argv = ["main", f"--config={spec}", "--config.data.std=(0.5, 0.25, 0.125)",
+            "--config.data.train_examples_per_class=2"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert config.data.train_examples_per_class == 2
+    info, batch = normalised_batch(config.data, tmp_path)
+    assert info.std == (0.5, 0.25, 0.125) and info.mean == data.OFFICIAL_CIFAR_MEAN
+    expected = (fake_rgb_source(32) / 255.0 - np.array(info.mean)) / np.array(info.std)
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-6, atol=1e-6)
+    # the dataset's own default (the true std of CIFAR-10's pixels) without the override
+    info, _ = normalised_batch(data.default_data_config("cifar10"), tmp_path)
+    assert info.std == data.DATASETS["cifar10"].std == (0.2470, 0.2435, 0.2616)

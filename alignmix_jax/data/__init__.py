@@ -1,11 +1,18 @@
 """Input pipelines: tfds datasets, TinyImageNet, image folders and sklearn digits.
 
-`config.data` names a dataset (see `default_data_config`); `get_dataset_info` describes it;
-`make_train_iterator` / `make_eval_iterator` yield host-local NumPy batches; `prefetch_to_mesh`
-turns them into global `jax.Array`s sharded along the `data` mesh axis.
+`config.data` names a dataset and its splits (see `default_data_config`; the split syntax is in
+`splits`); `get_dataset_info` describes it; `make_train_iterator` / `make_eval_iterator` yield
+host-local NumPy batches; `prefetch_to_mesh` turns them into global `jax.Array`s sharded along the
+`data` mesh axis.
 """
 
-from alignmix_jax.data.config import DATASETS, default_data_config
+from alignmix_jax.data.base import DataUnavailableError
+from alignmix_jax.data.config import (
+    DATASETS,
+    OFFICIAL_CIFAR_MEAN,
+    OFFICIAL_CIFAR_STD,
+    default_data_config,
+)
 from alignmix_jax.data.pipeline import (
     DatasetInfo,
     get_dataset_info,
@@ -14,12 +21,13 @@ from alignmix_jax.data.pipeline import (
     prefetch_to_mesh,
     steps_per_epoch,
 )
-from alignmix_jax.data.sources import DataUnavailableError
 
 __all__ = [
     "DATASETS",
     "DataUnavailableError",
     "DatasetInfo",
+    "OFFICIAL_CIFAR_MEAN",
+    "OFFICIAL_CIFAR_STD",
     "default_data_config",
     "get_dataset_info",
     "make_eval_iterator",

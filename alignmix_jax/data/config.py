@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
+
+from alignmix_jax.data import splits
 
 DEFAULT_CACHE_DIR = "~/.cache/alignmix_jax"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What the official AlignMixup code normalises CIFAR-10, CIFAR-100 and TinyImageNet with
+# (cifar10_100/main.py, tiny_imgnet/main.py). The mean is CIFAR-10's; the std is the widely copied
+# (0.2023, 0.1994, 0.2010), not the std of CIFAR-10's pixels, (0.2470, 0.2435, 0.2616), which is
+# the `cifar10` default here.
+OFFICIAL_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+OFFICIAL_CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +79,10 @@ CONFIG_FIELDS = (
     "augment",
     "train_split",
     "eval_split",
+    "split_seed",
+    "train_examples_per_class",
+    "mean",
+    "std",
 )
 
 
@@ -85,27 +99,55 @@ class DataSpec:
     augment: str
     train_split: str
     eval_split: str
+    split_seed: int
+    train_examples_per_class: int | None
+    mean: tuple[float, ...] | None  # None: the dataset default or computed from the training rows
+    std: tuple[float, ...] | None
 
     @property
     def defaults(self) -> DatasetDefaults:
         return DATASETS[self.name]
 
+    @property
+    def storage(self) -> DataSpec:
+        """This spec reduced to what decides how whole splits are read and stored (dataset,
+        paths, image size, the split folder classes come from): what sources cache them under."""
+        return dataclasses.replace(
+            self,
+            augment="none",
+            train_split=splits.split_names(self.train_split)[0],
+            eval_split="",
+            split_seed=0,
+            train_examples_per_class=None,
+            mean=None,
+            std=None,
+        )
+
 
 def default_data_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
-    """Returns a complete `config.data` ConfigDict for dataset `name`, with `overrides` applied."""
+    """Returns a complete `config.data` ConfigDict for dataset `name`, with `overrides` applied.
+
+    Fields left unset are typed placeholders (None until set), so that the command line can set
+    them: `--config.data.std='(0.2023, 0.1994, 0.2010)'`,
+    `--config.data.train_examples_per_class=10`.
+    """
     if name not in DATASETS:
         raise ValueError(f"name: unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     defaults = DATASETS[name]
     fields = {
         "name": name,
-        "data_dir": None,
-        "manual_dir": None,
-        "path": None,
+        "data_dir": config_dict.placeholder(str),
+        "manual_dir": config_dict.placeholder(str),
+        "path": config_dict.placeholder(str),
         "cache_dir": DEFAULT_CACHE_DIR,
         "image_size": defaults.image_size,
         "augment": "auto",
         "train_split": "train",
         "eval_split": defaults.eval_split,
+        "split_seed": 0,
+        "train_examples_per_class": config_dict.placeholder(int),
+        "mean": config_dict.placeholder(tuple),
+        "std": config_dict.placeholder(tuple),
     }
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
@@ -116,6 +158,37 @@ def default_data_config(name: str, **overrides: Any) -> ml_collections.ConfigDic
 
 def _expand(path: str | os.PathLike | None) -> str | None:
     return None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _int_at_least(field: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = "a positive" if least == 1 else "a non-negative"
+        raise ValueError(f"data.{field}: expected {kind} int, got {value!r}")
+    return value
+
+
+def _channel_values(field: str, value: Any) -> tuple[float, ...] | None:
+    """`data.mean`/`data.std` as a tuple of floats (None stays None); std must be positive."""
+    if value is None:
+        return None
+    numbers = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+    numbers = numbers and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+    if not numbers or (field == "std" and min(value) <= 0):
+        kind = "positive" if field == "std" else "finite"
+        raise ValueError(
+            f"data.{field}: expected a tuple of {kind} numbers on the [0, 1] pixel scale, one per "
+            f"channel (e.g. (0.2023, 0.1994, 0.2010)), got {value!r}"
+        )
+    return tuple(float(v) for v in value)
+
+
+def _split_field(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"data.{field}: expected a split such as 'train[:45000]', got {value!r}")
+    splits.parse_split(value, field=f"data.{field}")
+    return value
 
 
 def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> DataSpec:
@@ -146,6 +219,10 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     path = _expand(data_config.get("path"))
     if name in ("tiny_imagenet", "image_folder") and path is None:
         raise ValueError(f"data.path: dataset {name!r} needs the root folder of its data, got None")
+    per_class = data_config.get("train_examples_per_class")
+    if per_class is not None:
+        per_class = _int_at_least("train_examples_per_class", per_class, 1)
+    split_seed = data_config.get("split_seed")
     return DataSpec(
         name=name,
         data_dir=_expand(data_config.get("data_dir")),
@@ -154,6 +231,10 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
         cache_dir=_expand(data_config.get("cache_dir") or DEFAULT_CACHE_DIR),
         image_size=image_size,
         augment=augment,
-        train_split=data_config.get("train_split") or "train",
-        eval_split=data_config.get("eval_split") or defaults.eval_split,
+        train_split=_split_field("train_split", data_config.get("train_split") or "train"),
+        eval_split=_split_field("eval_split", data_config.get("eval_split") or defaults.eval_split),
+        split_seed=_int_at_least("split_seed", 0 if split_seed is None else split_seed, 0),
+        train_examples_per_class=per_class,
+        mean=_channel_values("mean", data_config.get("mean")),
+        std=_channel_values("std", data_config.get("std")),
     )

@@ -11,6 +11,7 @@ step numbers to batches in background threads, in order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import queue
 import threading
@@ -20,10 +21,12 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alignmix_jax.data import augment, sources
+from alignmix_jax.data.base import ArraySource
 from alignmix_jax.data.config import DataSpec, resolve_spec
 
 PERMUTATION_STREAM = 0
@@ -52,22 +55,50 @@ class DatasetInfo:
 
 
 def get_dataset_info(data_config) -> DatasetInfo:
-    """The `DatasetInfo` of `config.data`; reads metadata only (prepares a tfds dataset once)."""
+    """The `DatasetInfo` of `config.data`: `num_train` counts the training rows (`train_split`
+    after slicing and `train_examples_per_class`), `num_eval` the rows of `eval_split`; `mean` and
+    `std` are what the pipelines normalise with. Reads metadata (prepares a tfds dataset once),
+    labels where a stratified slice or a per-class subset needs them, and the training images where
+    the statistics are computed from them (image folders, digits without `data.mean`/`data.std`)."""
     spec = resolve_spec(data_config)
     meta = sources.dataset_metadata(spec)
-    sources.check_split(spec, spec.train_split, meta.split_sizes)
-    sources.check_split(spec, spec.eval_split, meta.split_sizes)
+    num_train = sources.num_training_examples(spec)
+    num_eval = sources.num_examples(spec, spec.eval_split, field="data.eval_split")
+    _warn_if_evaluating_on_training_rows(spec)
+    mean, std = sources.normalisation(spec)
     return DatasetInfo(
         name=spec.name,
         num_classes=len(meta.class_names),
         image_shape=(spec.image_size, spec.image_size, meta.channels),
-        num_train=meta.split_sizes[spec.train_split],
-        num_eval=meta.split_sizes[spec.eval_split],
-        mean=meta.mean,
-        std=meta.std,
+        num_train=num_train,
+        num_eval=num_eval,
+        mean=mean,
+        std=std,
         has_boxes=spec.defaults.has_boxes,
         class_names=meta.class_names,
     )
+
+
+@functools.cache
+def _warn_if_evaluating_on_training_rows(spec: DataSpec) -> None:
+    """Logs a warning (once) when `eval_split` shares examples with the training rows."""
+    training = sources.select(
+        spec, spec.train_split, per_class=spec.train_examples_per_class, field="data.train_split"
+    )
+    evaluated = sources.select(spec, spec.eval_split, field="data.eval_split")
+    shared = sum(
+        len(np.intersect1d(train_rows, eval_rows))
+        for train_name, train_rows in training
+        for eval_name, eval_rows in evaluated
+        if train_name == eval_name
+    )
+    if shared:
+        logging.warning(
+            "data.eval_split %r shares %d examples with the training rows (data.train_split %r): "
+            "its accuracy is not a held-out accuracy. Hold out complementary slices, e.g. "
+            "'train[:45000](stratified)' and 'train[45000:](stratified)'.",
+            spec.eval_split, shared, spec.train_split,
+        )
 
 
 def steps_per_epoch(data_config, global_batch_size: int) -> int:
@@ -110,10 +141,9 @@ class _Normalizer:
     """Maps images on the uint8 (or [0, 1] float) scale to (x - mean) / std, float32."""
 
     def __init__(self, spec: DataSpec):
-        meta = sources.dataset_metadata(spec)
-        mean = np.asarray(meta.mean, np.float32)
-        self.std = np.asarray(meta.std, np.float32)
-        self.shift = -mean / self.std
+        mean, std = sources.normalisation(spec)
+        self.std = np.asarray(std, np.float32)
+        self.shift = -np.asarray(mean, np.float32) / self.std
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         unit_scale = np.float32(1.0 / 255.0) if images.dtype == np.uint8 else np.float32(1.0)
@@ -152,7 +182,7 @@ def _preprocess(spec, source, normalize, images, params, boxes):
 
 
 def _read_options(source) -> grain.ReadOptions:
-    threads = ARRAY_THREADS if isinstance(source, sources.ArraySource) else RECORD_THREADS
+    threads = ARRAY_THREADS if isinstance(source, ArraySource) else RECORD_THREADS
     return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
 
 
@@ -197,7 +227,7 @@ def make_train_iterator(
         raise ValueError(f"start_step: expected a non-negative int, got {start_step!r}")
     process_index, _, host_batch = _host_layout(global_batch_size, process_index, process_count)
     num_steps = steps_per_epoch(data_config, global_batch_size)
-    source = sources.load_split(spec, spec.train_split)
+    source = sources.training_examples(spec)
     normalize = _Normalizer(spec)
     permutation = _Permutations(int(seed), len(source))
     host_rows = slice(process_index * host_batch, (process_index + 1) * host_batch)
@@ -239,7 +269,8 @@ def make_eval_iterator(
             "'caltech_birds2011' has them"
         )
     process_index, _, host_batch = _host_layout(global_batch_size, process_index, process_count)
-    source = sources.load_split(spec, split or spec.eval_split)
+    field = "data.eval_split" if split is None else "split"
+    source = sources.load_split(spec, spec.eval_split if split is None else split, field=field)
     normalize = _Normalizer(spec)
     num_examples = len(source)
 
