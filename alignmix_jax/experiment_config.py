@@ -87,9 +87,8 @@ def check_override_fields(config: ml_collections.ConfigDict, argv: list[str]) ->
 def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections.ConfigDict:
     """Every field of an experiment, set to the CIFAR PreActResNet-18 AlignMixup recipe.
 
-    `dataset` and `data_overrides` go to `data.default_data_config`; unset path fields of
-    `config.data` become string placeholders, so they can be set on the command line
-    (`--config.data.manual_dir=DIR`).
+    `dataset` and `data_overrides` go to `data.default_data_config` (whose unset fields can be
+    set on the command line, e.g. `--config.data.manual_dir=DIR`).
     """
     from alignmix_jax import data
 
@@ -99,9 +98,6 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
         {"name": "preact_resnet18", "stage_sizes": (2, 2, 2, 2), "base_width": 64}
     )
     config.data = data.default_data_config(dataset, **data_overrides)
-    for field in ("data_dir", "manual_dir", "path"):
-        if config.data[field] is None:
-            config.data[field] = config_dict.placeholder(str)
     config.mix = ml_collections.ConfigDict()
     config.mix.method = "alignmixup"
     config.mix.alpha = 2.0
@@ -157,8 +153,6 @@ def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     from alignmix_jax import data
 
     config.data = data.default_data_config("digits", image_size=32)
-    for field in ("data_dir", "manual_dir", "path"):
-        config.data[field] = config_dict.placeholder(str)
     if config.model.name == "wide_resnet":
         config.model.depth, config.model.widen_factor = 10, 1
     else:
