@@ -16,7 +16,8 @@ every deviation is a named option:
     "pytorch").
 conv_init "pytorch" is PyTorch's default for `nn.Conv2d` (kernel and bias U(+-1/sqrt(fan_in))),
 "he_fan_out" torchvision's ResNet initialisation (kernel N(0, 2 / fan_out), bias 0); see
-`common.CONV_INITS` and `preact_resnet.SHORTCUTS`.
+`CONV_INITS` and `SHORTCUTS`. BatchNorm is PyTorch's (running variance from the unbiased batch
+variance, momentum 0.1, and 0.9 for WRN's final BatchNorm as in the official code).
 """
 
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from alignmix_jax.models.common import CONV_INITS, BatchNorm, StagedClassifier
+from alignmix_jax.models.common import CONV_INITS, StagedClassifier
 from alignmix_jax.models.preact_resnet import SHORTCUTS, PreActResNet, PreActResNet18
 from alignmix_jax.models.resnet import ResNet, ResNet50
 from alignmix_jax.models.wide_resnet import WideResNet
@@ -33,7 +34,6 @@ __all__ = [
     "CONV_INITS",
     "MODEL_KWARGS",
     "SHORTCUTS",
-    "BatchNorm",
     "PreActResNet",
     "PreActResNet18",
     "ResNet",

@@ -65,8 +65,9 @@ def conv(
 ) -> nn.Conv:
     """A square conv as PyTorch's `nn.Conv2d(in_features, features, kernel_size, strides,
     padding=(kernel_size - 1) // 2)`, initialised as `conv_init` says (see `CONV_INITS`).
-    Maps (B, H, W, in_features) to (B, floor((H - 1) / strides) + 1, ..., features) for odd
-    kernel sizes."""
+    Maps (B, H, W, in_features) to (B, ceil(H / strides), ceil(W / strides), features) for odd
+    kernel sizes. Raises ValueError for a `conv_init` not in `CONV_INITS`."""
+    check_conv_init(conv_init)
     pad = (kernel_size - 1) // 2
     if conv_init == "pytorch":
         kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
