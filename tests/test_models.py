@@ -1,4 +1,9 @@
-"""Tests of alignmix_jax.models: sizes, the stage-slice API, BatchNorm behaviour and sync, init."""
+"""Tests of alignmix_jax.models: parity with the official AlignMixup networks (PyTorch, through
+the fixtures in tests/fixtures/), sizes, the stage-slice API, BatchNorm behaviour and sync, init."""
+
+import json
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +41,122 @@ def assert_trees_close(actual, expected, atol):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     for got, want in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=atol, rtol=0)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL_NETWORKS = ("preact_resnet18", "wide_resnet", "resnet50")
+OFFICIAL_TOP_LEVEL = {
+    "preact_resnet18": {"conv1": ("stem", "conv"), "bn1": ("stem", "bn")},
+    "wide_resnet": {"conv1": ("stem", "conv"), "bn1": ("stage3", "final_bn")},
+    "resnet50": {"conv1": ("stem", "conv"), "bn1": ("stem", "bn")},
+}
+"""The official encoders' modules outside their `layer{k}`s -> flax module paths."""
+OFFICIAL_BLOCK_PARTS = {
+    "shortcut.0": "shortcut",
+    "downsample.0": "downsample_conv",
+    "downsample.1": "downsample_bn",
+}
+OFFICIAL_LEAVES = {
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+PARITY_TOLERANCE = 2e-4
+"""Largest difference from the official network allowed, as a fraction of the largest official
+value of the array compared. Measured (float32, 2-core x86 CPU): 1.1e-5 (ResNet-50 train logits),
+2.2e-6 (its running statistics), under 5e-7 elsewhere; the He et al. 2016 shortcut is 0.7 off."""
+
+
+def load_official(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of tests/fixtures/parity_{name}.npz (see make_parity_fixtures.py)."""
+    with np.load(FIXTURES / f"parity_{name}.npz") as data:
+        arrays = dict(data)
+    return json.loads(str(arrays.pop("meta"))), arrays
+
+
+def port_official_state(name: str, state: dict[str, np.ndarray]) -> dict:
+    """flax variables {"params", "batch_stats"} of the official network `name` from its PyTorch
+    state dict {torch name: array}: conv weights (O, I, kh, kw) -> kernels (kh, kw, I, O), linear
+    (O, I) -> (I, O), BatchNorm weight -> scale, running_mean / running_var -> mean / var."""
+    variables = {"params": {}, "batch_stats": {}}
+    for key, value in state.items():
+        module, leaf = key.rsplit(".", 1)
+        if module == "classifier":
+            path = ("head",)
+        else:
+            module = module.split(".", 1)[1]  # drop the classifier's "encoder." / "model."
+            block = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", module)
+            if block:
+                part = OFFICIAL_BLOCK_PARTS.get(block[3], block[3])
+                path = (f"stage{block[1]}", f"block{int(block[2]) + 1}", part)
+            else:
+                path = OFFICIAL_TOP_LEVEL[name][module]
+        if leaf == "weight":
+            collection, leaf = "params", "kernel" if value.ndim > 1 else "scale"
+            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+        else:
+            collection, leaf = OFFICIAL_LEAVES[leaf]
+        node = variables[collection]
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return variables
+
+
+def official_state(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The fixture's arrays under `prefix` ("weights/" or "updated/"), keyed by torch name."""
+    return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+
+
+def assert_close_to_official(actual, expected):
+    """max |actual - expected| <= PARITY_TOLERANCE * max |expected|."""
+    atol = PARITY_TOLERANCE * np.abs(expected).max()
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("name", OFFICIAL_NETWORKS)
+def test_matches_official_network(name):
+    """With the official PyTorch network's weights ported in (small width, see
+    tests/fixtures/make_parity_fixtures.py), `build_model` with its default options gives the
+    official eval logits, train-mode logits and BatchNorm running statistics after one train
+    forward (PyTorch's unbiased variance; WRN's final BatchNorm with PyTorch momentum 0.9). The
+    port fills every variable of the model and nothing else."""
+    meta, arrays = load_official(name)
+    model = models.build_model(meta["model_config"], meta["num_classes"])
+    images = arrays["images"]
+    variables = port_official_state(name, official_state(arrays, "weights/"))
+    expected_shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+    assert jax.tree.map(np.shape, variables) == jax.tree.map(np.shape, expected_shapes)
+
+    eval_logits, _ = model.apply(variables, images)
+    assert_close_to_official(eval_logits, arrays["eval_logits"])
+    (train_logits, _), state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    assert_close_to_official(train_logits, arrays["train_logits"])
+    updated = port_official_state(name, official_state(arrays, "updated/"))["batch_stats"]
+    assert jax.tree.structure(state["batch_stats"]) == jax.tree.structure(updated)
+    jax.tree.map(assert_close_to_official, state["batch_stats"], updated)
+
+
+def test_he2016_shortcut_is_not_the_official_network():
+    """shortcut="he2016" (identity blocks add x instead of relu(bn1(x))) with the official
+    weights misses the official eval logits by more than 20% of their scale (0.7 measured), so
+    the parity test pins the official shortcut down."""
+    meta, arrays = load_official("preact_resnet18")
+    config = {**meta["model_config"], "shortcut": "he2016"}
+    model = models.build_model(config, meta["num_classes"])
+    variables = port_official_state("preact_resnet18", official_state(arrays, "weights/"))
+    logits, _ = model.apply(variables, arrays["images"])
+    expected = arrays["eval_logits"]
+    assert np.abs(logits - expected).max() > 0.2 * np.abs(expected).max()
+
+
+def test_official_options_are_the_defaults():
+    """build_model with no options gives the official networks: the official shortcut and
+    PyTorch's initialisation for the CIFAR models, torchvision's for ResNet-50."""
+    preact = models.build_model({"name": "preact_resnet18"}, 10)
+    assert (preact.shortcut, preact.conv_init) == ("official", "pytorch")
+    assert models.build_model({"name": "wide_resnet"}, 10).conv_init == "pytorch"
+    assert models.build_model({"name": "resnet50"}, 1000).conv_init == "he_fan_out"
 
 
 @pytest.mark.parametrize(
@@ -124,9 +245,10 @@ def test_split_forward_equals_full_forward(tiny_variables, kind, train):
 
 
 def test_batch_stats_update_only_in_train_with_pytorch_momentum_and_epsilon(tiny_variables):
-    """Train mode: running mean = 0.9 * old + 0.1 * batch mean. Eval mode: stats unchanged,
-    normalisation by the running stats with epsilon 1e-5, and each example independent of the
-    rest of the batch."""
+    """Train mode: running mean = 0.9 * old + 0.1 * batch mean, running var = 0.9 * old + 0.1 *
+    unbiased batch variance (PyTorch's; the biased one is 0.4% off here, 10x the tolerance).
+    Eval mode: stats unchanged, normalisation by the running stats with epsilon 1e-5, and each
+    example independent of the rest of the batch."""
     model, variables = TINY_MODELS["preact"], tiny_variables["preact"]
     images = tiny_images("preact")
     stem_params = variables["params"]["stem"]
@@ -146,8 +268,10 @@ def test_batch_stats_update_only_in_train_with_pytorch_momentum_and_epsilon(tiny
         new_stem["mean"], 0.9 * old_mean + 0.1 * conv_out.mean((0, 1, 2)), atol=1e-5
     )
     np.testing.assert_allclose(
-        new_stem["var"], 0.9 * old_var + 0.1 * conv_out.var((0, 1, 2)), rtol=1e-4
+        new_stem["var"], 0.9 * old_var + 0.1 * conv_out.var((0, 1, 2), ddof=1), rtol=1e-4
     )
+    biased_update = 0.9 * old_var + 0.1 * conv_out.var((0, 1, 2))
+    assert not np.allclose(new_stem["var"], biased_update, rtol=1e-4, atol=0)
 
     (logits, intermediates), eval_state = model.apply(
         variables, images, train=False, mutable=["batch_stats"]
@@ -231,26 +355,80 @@ def test_grayscale_and_odd_sized_input():
     assert logits.shape == (2, 5)
 
 
-def test_initialisation_follows_pytorch_defaults(tiny_variables):
-    """Head ~ U(+-1/sqrt(fan_in)) (kernel and bias), convs He-normal fan-out, WRN conv biases 0,
-    BatchNorm scale 1 bias 0."""
-    big_head = models.PreActResNet(num_classes=200, stage_sizes=(1,), base_width=64)
-    params = big_head.init(jax.random.key(2), jnp.ones((1, 4, 4, 3)))["params"]
-    bound = 1 / np.sqrt(64)
-    for leaf in (params["head"]["kernel"], params["head"]["bias"]):
-        assert np.abs(leaf).max() <= bound
-        assert np.abs(leaf).max() > 0.9 * bound
-        np.testing.assert_allclose(np.std(leaf), bound / np.sqrt(3), rtol=0.15)
-    conv_kernel = params["stage1"]["block1"]["conv2"]["kernel"]
-    np.testing.assert_allclose(np.std(conv_kernel), np.sqrt(2 / (3 * 3 * 64)), rtol=0.05)
-    assert np.abs(conv_kernel).max() > 3 * np.sqrt(2 / (3 * 3 * 64))
+def flat_modules(tree, prefix=()):
+    """{module path: {leaf name: array}} of a params or batch_stats tree."""
+    leaves = {name: value for name, value in tree.items() if not isinstance(value, dict)}
+    modules = {prefix: leaves} if leaves else {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            modules.update(flat_modules(value, (*prefix, name)))
+    return modules
 
-    wide_params = tiny_variables["wide"]["params"]
-    assert np.all(wide_params["stage2"]["block1"]["shortcut"]["bias"] == 0)
-    assert np.all(wide_params["stem"]["conv"]["bias"] == 0)
-    final_bn = wide_params["stage3"]["final_bn"]
-    assert np.all(final_bn["scale"] == 1) and np.all(final_bn["bias"] == 0)
-    assert "bias" not in tiny_variables["resnet"]["params"]["stage1"]["block1"]["conv2"]
+
+def assert_uniform(values, bound):
+    """Every entry in [-bound, bound], sample variance bound**2 / 3 within 6 standard errors."""
+    values = np.asarray(values).ravel()
+    assert np.abs(values).max() <= bound
+    np.testing.assert_allclose(values.var(), bound**2 / 3, rtol=6 * np.sqrt(0.8 / values.size))
+
+
+@pytest.mark.parametrize(
+    "model, conv_init",
+    [
+        (models.PreActResNet(num_classes=200, stage_sizes=(1, 1), base_width=64), "pytorch"),
+        (models.WideResNet(num_classes=200, depth=10, widen_factor=2), "pytorch"),
+        (models.ResNet(num_classes=200, stage_sizes=(1, 1), base_width=16), "he_fan_out"),
+        (
+            models.PreActResNet(
+                num_classes=200, stage_sizes=(1, 1), base_width=64, conv_init="he_fan_out"
+            ),
+            "he_fan_out",
+        ),
+        (
+            models.WideResNet(num_classes=200, depth=10, widen_factor=2, conv_init="he_fan_out"),
+            "he_fan_out",
+        ),
+        (
+            models.ResNet(num_classes=200, stage_sizes=(1, 1), base_width=16, conv_init="pytorch"),
+            "pytorch",
+        ),
+    ],
+    ids=["preact", "wide", "resnet", "preact-he_fan_out", "wide-he_fan_out", "resnet-pytorch"],
+)
+def test_initialisation(model, conv_init):
+    """The defaults are the official ones: PyTorch's for the CIFAR models, torchvision's for
+    ResNet-50. conv_init "pytorch": every conv kernel and bias ~ U(+-1/sqrt(fan_in)), fan_in =
+    in_channels * kh * kw (variance 1 / (3 fan_in)). "he_fan_out": kernels ~ N(0, 2 / fan_out)
+    (untruncated: entries beyond 3.5 standard deviations), biases 0. Always: head kernel and bias
+    ~ U(+-1/sqrt(fan_in)), BatchNorm scale 1 and bias 0, running mean 0 and variance 1."""
+    assert model.conv_init == conv_init
+    variables = jax.jit(model.init)(jax.random.key(2, impl="rbg"), jnp.ones((1, 4, 4, 3)))
+    normalised_kernels = []
+    for path, leaves in flat_modules(variables["params"]).items():
+        kernel = np.asarray(leaves.get("kernel", leaves.get("scale")))
+        if path == ("head",):
+            assert_uniform(leaves["kernel"], 1 / np.sqrt(kernel.shape[0]))
+            assert_uniform(leaves["bias"], 1 / np.sqrt(kernel.shape[0]))
+        elif "scale" in leaves:
+            assert np.all(leaves["scale"] == 1) and np.all(leaves["bias"] == 0), path
+        elif conv_init == "pytorch":
+            fan_in = np.prod(kernel.shape[:3])
+            assert_uniform(kernel, 1 / np.sqrt(fan_in))
+            if "bias" in leaves:
+                assert_uniform(leaves["bias"], 1 / np.sqrt(fan_in))
+            normalised_kernels.append(kernel.ravel() * np.sqrt(fan_in))
+        else:
+            std = np.sqrt(2 / (np.prod(kernel.shape[:2]) * kernel.shape[3]))
+            np.testing.assert_allclose(kernel.std(), std, rtol=6 / np.sqrt(2 * kernel.size))
+            assert np.all(leaves.get("bias", 0) == 0), path
+            normalised_kernels.append(kernel.ravel() / std)
+    normalised_kernels = np.concatenate(normalised_kernels)
+    if conv_init == "pytorch":
+        assert 0.99 < np.abs(normalised_kernels).max() <= 1
+    else:
+        assert np.abs(normalised_kernels).max() > 3.5
+    for leaves in flat_modules(variables["batch_stats"]).values():
+        assert np.all(leaves["mean"] == 0) and np.all(leaves["var"] == 1)
 
 
 def test_build_model_from_config():
@@ -264,6 +442,9 @@ def test_build_model_from_config():
     model = models.build_model({"name": "preact_resnet18", "stage_sizes": [1, 1]}, 10)
     assert isinstance(model, models.PreActResNet) and model.stage_sizes == (1, 1)
     assert isinstance(models.build_model({"name": "resnet50"}, 1000), models.ResNet)
+    config = {"name": "preact_resnet18", "shortcut": "he2016", "conv_init": "he_fan_out"}
+    model = models.build_model(config, 10)
+    assert (model.shortcut, model.conv_init) == ("he2016", "he_fan_out")
 
 
 @pytest.mark.parametrize(
@@ -276,6 +457,9 @@ def test_build_model_from_config():
         ({"name": "wide_resnet", "depth": 12}, r"6n \+ 4"),
         ({"name": "preact_resnet18", "stage_sizes": ()}, "stage_sizes"),
         ({"name": "resnet50", "base_width": 0}, "base_width"),
+        ({"name": "preact_resnet18", "shortcut": "identity"}, "shortcut must be one of"),
+        ({"name": "wide_resnet", "conv_init": "kaiming"}, "conv_init must be one of"),
+        ({"name": "wide_resnet", "shortcut": "official"}, "unknown keys"),
     ],
 )
 def test_build_model_rejects_bad_configs(config, message):
@@ -303,3 +487,13 @@ def test_bad_slices_and_inputs_raise(tiny_variables, call_kwargs, image_shape, m
         TINY_MODELS["preact"].apply(tiny_variables["preact"], jnp.ones(image_shape), **call_kwargs)
     with pytest.raises(ValueError, match="float"):
         TINY_MODELS["preact"].apply(tiny_variables["preact"], jnp.ones((2, 8, 8, 3), jnp.uint8))
+
+
+def test_train_mode_needs_two_values_per_channel(tiny_variables):
+    """As in PyTorch, train-mode BatchNorm over a single value per channel (its unbiased variance
+    is undefined) raises ValueError; eval mode runs."""
+    model, variables = TINY_MODELS["preact"], tiny_variables["preact"]
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        model.apply(variables, jnp.ones((1, 1, 1, 3)), train=True, mutable=["batch_stats"])
+    logits, _ = model.apply(variables, jnp.ones((1, 1, 1, 3)))
+    assert np.all(np.isfinite(logits))

@@ -6,10 +6,18 @@
     last, _ = model.apply(variables, images, stop_at=model.stage_names[-1])
     logits, _ = model.apply(variables, mixed_last, start_at=model.stage_names[-1])
 
-`build_model` kwargs per name (besides num_classes, axis_name, dtype, which are its arguments):
-  "preact_resnet18": stage_sizes (default (2, 2, 2, 2)), base_width (64).
-  "wide_resnet": depth (16; 6n + 4), widen_factor (8).
-  "resnet50": stage_sizes (default (3, 4, 6, 3)), base_width (64).
+`build_model` kwargs per name (besides num_classes, axis_name, dtype, which are its arguments).
+The defaults are the official AlignMixup networks (github.com/shashankvkt/AlignMixup_CVPR22);
+every deviation is a named option:
+  "preact_resnet18": stage_sizes (default (2, 2, 2, 2)), base_width (64), shortcut ("official":
+    identity blocks add relu(bn1(x)); "he2016": they add x), conv_init ("pytorch"; "he_fan_out").
+  "wide_resnet": depth (16; 6n + 4), widen_factor (8), conv_init ("pytorch"; "he_fan_out").
+  "resnet50": stage_sizes (default (3, 4, 6, 3)), base_width (64), conv_init ("he_fan_out";
+    "pytorch").
+conv_init "pytorch" is PyTorch's default for `nn.Conv2d` (kernel and bias U(+-1/sqrt(fan_in))),
+"he_fan_out" torchvision's ResNet initialisation (kernel N(0, 2 / fan_out), bias 0); see
+`CONV_INITS` and `SHORTCUTS`. BatchNorm is PyTorch's (running variance from the unbiased batch
+variance, momentum 0.1, and 0.9 for WRN's final BatchNorm as in the official code).
 """
 
 from collections.abc import Mapping
@@ -17,13 +25,15 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from alignmix_jax.models.common import StagedClassifier
-from alignmix_jax.models.preact_resnet import PreActResNet, PreActResNet18
+from alignmix_jax.models.common import CONV_INITS, StagedClassifier
+from alignmix_jax.models.preact_resnet import SHORTCUTS, PreActResNet, PreActResNet18
 from alignmix_jax.models.resnet import ResNet, ResNet50
 from alignmix_jax.models.wide_resnet import WideResNet
 
 __all__ = [
+    "CONV_INITS",
     "MODEL_KWARGS",
+    "SHORTCUTS",
     "PreActResNet",
     "PreActResNet18",
     "ResNet",
@@ -40,9 +50,9 @@ MODEL_CLASSES = {
 }
 
 MODEL_KWARGS = {
-    "preact_resnet18": ("stage_sizes", "base_width"),
-    "wide_resnet": ("depth", "widen_factor"),
-    "resnet50": ("stage_sizes", "base_width"),
+    "preact_resnet18": ("stage_sizes", "base_width", "shortcut", "conv_init"),
+    "wide_resnet": ("depth", "widen_factor", "conv_init"),
+    "resnet50": ("stage_sizes", "base_width", "conv_init"),
 }
 """The config keys (besides "name") each model accepts."""
 

@@ -1,13 +1,21 @@
-"""Pieces shared by every model: PyTorch-default initialisers, BatchNorm, the linear head, a
-stage of residual blocks, and `StagedClassifier`, the base class that runs any slice of stages.
+"""Pieces shared by every model: PyTorch's initialisers and BatchNorm, the linear head, a stage of
+residual blocks, and `StagedClassifier`, the base class that runs any slice of stages.
 
 Every model is a sequence of named stages, `stage_names = ("input", "stem", "stage1", ...,
 "stageK")`. Stage k maps the output of stage k-1 to its own output; "input" is the image. After
 the last stage comes global average pooling ("pre_logits") and the linear head. A forward pass can
 start at any named point (x is then that point's output) and stop at any later one, so a trainer can
 mix images, any intermediate map or the last map without computing anything twice.
+
+The official AlignMixup networks are PyTorch modules; the layers here reproduce PyTorch's semantics
+exactly (tested against the official code with ported weights, `tests/test_models.py`): convs pad
+symmetrically, `BatchNorm` keeps PyTorch's running averages (unbiased variance), and the
+initialisers are PyTorch's (`conv_init="pytorch"`) or torchvision's ResNet ones
+(`conv_init="he_fan_out"`).
 """
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -18,10 +26,15 @@ import jax.numpy as jnp
 Array = jax.Array
 
 BN_MOMENTUM = 0.9
+"""flax momentum (the weight of the old running average) of PyTorch's default
+`BatchNorm2d(momentum=0.1)`; in general flax momentum = 1 - PyTorch momentum."""
 BN_EPSILON = 1e-5
 
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-"""He-normal, fan-out: PyTorch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`."""
+CONV_INITS = ("pytorch", "he_fan_out")
+"""Values of the models' `conv_init`. "pytorch": PyTorch's default for `nn.Conv2d`, kernel and bias
+~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels * kh * kw (what the official CIFAR
+networks use). "he_fan_out": kernel ~ N(0, 2 / fan_out), fan_out = out_channels * kh * kw, bias 0
+(torchvision's ResNet and the official ImageNet ResNet-50)."""
 
 
 def symmetric_uniform(bound: float) -> Callable[..., Array]:
@@ -33,43 +46,127 @@ def symmetric_uniform(bound: float) -> Callable[..., Array]:
     return init
 
 
+def check_conv_init(conv_init: Any) -> None:
+    """Raise ValueError unless `conv_init` is one of `CONV_INITS`."""
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"conv_init must be one of {CONV_INITS}, got {conv_init!r}")
+
+
 def conv(
     features: int,
     kernel_size: int,
     strides: int = 1,
     *,
+    in_features: int,
+    conv_init: str,
     use_bias: bool = False,
     dtype: Any = jnp.float32,
     name: str | None = None,
 ) -> nn.Conv:
-    """A square PyTorch-style conv: symmetric padding (kernel_size - 1) // 2, He-normal fan-out
-    kernel, zero bias. Maps (B, H, W, C_in) to (B, ceil(H / strides), ceil(W / strides), features)
-    for odd kernel sizes."""
+    """A square conv as PyTorch's `nn.Conv2d(in_features, features, kernel_size, strides,
+    padding=(kernel_size - 1) // 2)`, initialised as `conv_init` says (see `CONV_INITS`).
+    Maps (B, H, W, in_features) to (B, ceil(H / strides), ceil(W / strides), features) for odd
+    kernel sizes. Raises ValueError for a `conv_init` not in `CONV_INITS`."""
+    check_conv_init(conv_init)
     pad = (kernel_size - 1) // 2
+    if conv_init == "pytorch":
+        kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        bias_init = symmetric_uniform(1 / math.sqrt(in_features * kernel_size**2))
+    else:
+        kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        bias_init = nn.initializers.zeros
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
         strides=(strides, strides),
         padding=((pad, pad), (pad, pad)),
         use_bias=use_bias,
-        kernel_init=conv_kernel_init,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
         dtype=dtype,
         name=name,
     )
 
 
+class BatchNorm(nn.Module):
+    """PyTorch's `BatchNorm2d` over the last axis: (..., C) -> (..., C).
+
+    Train mode normalises with the batch mean and biased variance (synced over `axis_name` when
+    given) and moves the running averages towards the batch mean and the *unbiased* batch
+    variance (n / (n - 1) times the biased one, n the values per channel over all devices), as
+    PyTorch does; flax's `nn.BatchNorm` would store the biased one. Eval mode normalises with the
+    running averages. Variables: params "scale" (1) and "bias" (0), batch_stats "mean" (0) and
+    "var" (1), all float32; statistics are computed in float32 whatever the compute dtype.
+
+    Attributes:
+      use_running_average: eval mode when True.
+      momentum: flax momentum, the weight of the old running average (PyTorch momentum 0.1 is
+        flax momentum 0.9).
+      epsilon: added to the variance.
+      axis_name: mapped axis to average the statistics over (e.g. "data" in `jax.shard_map`).
+      dtype: dtype of the output.
+    """
+
+    use_running_average: bool
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(..., C) -> (..., C) in `dtype`."""
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            mean, var = self._batch_statistics(x, running_mean, running_var)
+        return ((x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(self.dtype)
+
+    def _batch_statistics(
+        self, x: Array, running_mean: nn.Variable, running_var: nn.Variable
+    ) -> tuple[Array, Array]:
+        """Mean and biased variance (C,) of float32 `x` over all axes but the last (and over
+        `axis_name`, except at init); updates the running averages unless initialising."""
+        reduce_axes = tuple(range(x.ndim - 1))
+        moments = jnp.stack([x.mean(reduce_axes), jnp.square(x).mean(reduce_axes)])
+        count = math.prod(x.shape[:-1])
+        if self.axis_name is not None and not self.is_initializing():
+            moments = jax.lax.pmean(moments, self.axis_name)
+            count *= jax.lax.axis_size(self.axis_name)
+        mean = moments[0]
+        var = jnp.maximum(moments[1] - jnp.square(mean), 0.0)
+        if not self.is_initializing():
+            if count < 2:
+                raise ValueError(
+                    "BatchNorm in train mode needs more than one value per channel (batch x "
+                    f"height x width over all devices), got input shape {x.shape}"
+                )
+            unbiased_var = var * (count / (count - 1))
+            weight = self.momentum
+            running_mean.value = weight * running_mean.value + (1 - weight) * mean
+            running_var.value = weight * running_var.value + (1 - weight) * unbiased_var
+        return mean, var
+
+
 def batch_norm(
-    train: bool, axis_name: str | None, dtype: Any, name: str | None = None
-) -> nn.BatchNorm:
-    """BatchNorm over the last axis with PyTorch's defaults (running-average momentum 0.1, i.e.
-    flax momentum 0.9; epsilon 1e-5; scale 1, bias 0). In train mode it normalises with the batch
-    statistics (synced over `axis_name` when given) and updates `batch_stats`; in eval mode it uses
-    the running averages. The running variance takes the biased batch variance (PyTorch: unbiased,
-    a factor n / (n - 1) apart). Shape-preserving, (..., C)."""
-    return nn.BatchNorm(
+    train: bool,
+    axis_name: str | None,
+    dtype: Any,
+    name: str | None = None,
+    momentum: float = BN_MOMENTUM,
+) -> BatchNorm:
+    """`BatchNorm` with PyTorch's defaults (running-average momentum 0.1, i.e. flax `momentum`
+    0.9; epsilon 1e-5; scale 1, bias 0), batch statistics when `train`, running averages
+    otherwise. Shape-preserving, (..., C)."""
+    return BatchNorm(
         use_running_average=not train,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
+        momentum=momentum,
         axis_name=axis_name,
         dtype=dtype,
         name=name,
@@ -85,8 +182,9 @@ def torch_linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
 
 class Stage(nn.Module):
     """`num_blocks` residual blocks of class `block`, the first one with stride `strides`, then
-    optionally a final BatchNorm-ReLU. Blocks are modules built as
-    `block(features=, strides=, axis_name=, dtype=)` and called as `block(x, train)`.
+    optionally a final BatchNorm-ReLU (flax momentum `final_bn_momentum`). Blocks are modules
+    built as `block(features=, strides=, axis_name=, dtype=)` (other options bound beforehand,
+    e.g. with `functools.partial`) and called as `block(x, train)`.
     Maps (B, H, W, C_in) to (B, H / strides, W / strides, C_out), C_out set by the block."""
 
     block: Callable[..., nn.Module]
@@ -94,6 +192,7 @@ class Stage(nn.Module):
     features: int
     strides: int
     final_bn_relu: bool = False
+    final_bn_momentum: float = BN_MOMENTUM
     axis_name: str | None = None
     dtype: Any = jnp.float32
 
@@ -109,7 +208,10 @@ class Stage(nn.Module):
                 name=f"block{index + 1}",
             )(x, train)
         if self.final_bn_relu:
-            x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="final_bn")(x))
+            final_bn = batch_norm(
+                train, self.axis_name, self.dtype, name="final_bn", momentum=self.final_bn_momentum
+            )
+            x = nn.relu(final_bn(x))
         return x
 
 
@@ -145,11 +247,19 @@ class StagedClassifier(nn.Module):
         `jax.shard_map`), or None for per-device statistics.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics stay float32
         and logits are returned in float32.
+      conv_init: initialisation of the conv kernels and biases, one of `CONV_INITS`. The linear
+        head is always PyTorch's `nn.Linear` default and BatchNorm scale 1, bias 0.
     """
 
     num_classes: int = 10
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_init: str = "pytorch"
+
+    def __post_init__(self) -> None:
+        check_positive_int("num_classes", self.num_classes)
+        check_conv_init(self.conv_init)
+        super().__post_init__()
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -250,7 +360,7 @@ class StagedResNet(StagedClassifier):
     base_width * 2**(k-1) and strides 1, 2, 2, ...; subclasses set `stem_module`, `block_module`
     and `expansion` (a block's output channels per unit of width).
 
-    Attributes (besides num_classes, axis_name, dtype of `StagedClassifier`):
+    Attributes (besides those of `StagedClassifier`):
       stage_sizes: blocks per stage.
       base_width: channels of the stem and the width of the first stage.
     """
@@ -262,7 +372,6 @@ class StagedResNet(StagedClassifier):
     base_width: int = 64
 
     def __post_init__(self) -> None:
-        check_positive_int("num_classes", self.num_classes)
         check_stage_sizes(self.stage_sizes)
         check_positive_int("base_width", self.base_width)
         super().__post_init__()
@@ -280,13 +389,26 @@ class StagedResNet(StagedClassifier):
             widths[f"stage{k}"] = self.expansion * self.base_width * 2 ** (k - 1)
         return widths
 
+    def block_options(self) -> dict[str, Any]:
+        """Keyword arguments every block gets besides features, strides, axis_name, dtype."""
+        return {"conv_init": self.conv_init}
+
     def build_stages(self) -> list[nn.Module]:
         """The stem and the block stages, named as `stage_names[1:]`."""
-        stages = [self.stem_module(self.base_width, self.axis_name, self.dtype, name="stem")]
+        stages = [
+            self.stem_module(
+                features=self.base_width,
+                conv_init=self.conv_init,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                name="stem",
+            )
+        ]
+        block = functools.partial(self.block_module, **self.block_options())
         for index, num_blocks in enumerate(self.stage_sizes):
             stages.append(
                 Stage(
-                    self.block_module,
+                    block,
                     num_blocks,
                     self.base_width * 2**index,
                     strides=1 if index == 0 else 2,
