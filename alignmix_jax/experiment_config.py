@@ -131,6 +131,7 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.num_train_steps = -1
     config.eval_every_steps = 0
     config.log_every_steps = 50
+    config.summary_last_evals = 10  # the summary reports the median top-1 of the last this many
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
     # Stop at the first NaN or infinite loss or parameter, before anything non-finite is saved.
@@ -313,6 +314,7 @@ def validate_config(
         _require_positive("num_epochs", config.num_epochs)
     _require_positive("checkpoint_every_steps", config.checkpoint_every_steps, integer=True)
     _require_positive("log_every_steps", config.log_every_steps, integer=True)
+    _require_positive("summary_last_evals", config.summary_last_evals, integer=True)
     if config.eval_every_steps < 0:
         _fail("eval_every_steps", config.eval_every_steps, "0 (every epoch) or a positive integer")
     validate_optimizer_config(config.optimizer)

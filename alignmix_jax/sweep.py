@@ -1,13 +1,20 @@
 """Runs an ablation: every point of a config file's `get_sweep()`, one workdir per point.
 
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR
+    python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR --seeds 3
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR \
-        --print_commands      # one `python -m alignmix_jax.main ...` line per point, for a cluster
+        --print_commands      # one `python -m alignmix_jax.main ...` line per run, for a cluster
 
 The config file defines `get_config()` (the base) and `get_sweep()`, a list of dicts of dotted
-overrides ({"mix.epsilon": 0.5}). Points whose workdir holds a summary are skipped, so rerunning
+overrides ({"mix.epsilon": 0.5}), and may define `get_seeds()`, the seeds every point runs with
+(`--seeds N` runs seeds 0..N-1 instead; default: the base config's seed). Each point and seed trains
+in DIR/<point>/seed<seed>, seed by seed (every point of the first seed before the second seed), so
+a partial sweep covers every point. Runs whose workdir holds a summary are skipped, so rerunning
 resumes the sweep (and, after the printed commands ran elsewhere, just collects their results).
-Writes DIR/results.csv and DIR/results.md: final and best test top-1, best step and images/s.
+Writes DIR/results.csv, one row per run (point, seed, test top-1 final / best / median of the
+last evals, with a validation split the test top-1 at the best validation step, images/s), and
+DIR/results.md, per point and metric the mean, standard deviation and 95% confidence interval
+(Student t) over the seeds.
 """
 
 from alignmix_jax import runtime
@@ -20,10 +27,12 @@ import json  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from alignmix_jax import experiment_config, logging_utils  # noqa: E402
@@ -32,24 +41,27 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """--config (an ablation file), --workdir and --print_commands."""
+    """--config (an ablation file), --workdir, --seeds and --print_commands."""
     flags.DEFINE_string("config", None, "Ablation config file: path.py[:argument].")
-    flags.DEFINE_string("workdir", None, "Sweep directory; one subdirectory per point.")
+    flags.DEFINE_string("workdir", None, "Sweep directory; one subdirectory per point and seed.")
+    flags.DEFINE_integer(
+        "seeds", None, "Run every point with seeds 0..N-1 (default: the file's get_seeds())."
+    )
     flags.DEFINE_bool(
-        "print_commands", False, "Print one training command per point instead of running them."
+        "print_commands", False, "Print one training command per run instead of running them."
     )
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-RESULT_COLUMNS = (
-    "point",
-    "overrides",
+METRICS = (
     "final_top1",
     "best_top1",
-    "best_step",
+    "median_last_top1",
+    "test_top1_at_best_validation",
     "images_per_sec",
-    "steps",
 )
+RESULT_COLUMNS = ("point", "overrides", "seed", *METRICS, "best_step", "steps")
+CONFIDENCE = 0.95
 
 
 def point_name(index: int, overrides: dict) -> str:
@@ -74,49 +86,90 @@ def apply_overrides(
     return config
 
 
-def sweep_points(module, argument: str | None) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
-    """[(point name, overrides, config)] of an ablation module, every config already overridden."""
+def sweep_seeds(module, base: ml_collections.ConfigDict, num_seeds: int | None) -> list[int]:
+    """The seeds every point runs with: 0..num_seeds-1, else the module's `get_seeds()`, else
+    the base config's seed."""
+    if num_seeds is not None:
+        if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+            raise ValueError(f"seeds must be a positive number of seeds, got {num_seeds!r}")
+        return list(range(num_seeds))
+    if callable(getattr(module, "get_seeds", None)):
+        seeds = list(module.get_seeds())
+        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise ValueError(f"get_seeds() must return non-negative ints, got {seeds!r}")
+        return seeds
+    return [int(base.seed)]
+
+
+def sweep_runs(module, argument: str | None, num_seeds: int | None = None):
+    """[(run directory relative to the sweep, point name, seed, overrides, config)] of an ablation
+    module, seed by seed, every config already overridden (seed included)."""
     base = module.get_config(argument) if argument else module.get_config()
     sweep = module.get_sweep()
     if not sweep:
         raise ValueError("get_sweep() returned no points; expected a list of override dicts")
+    points = [(point_name(index, overrides), overrides) for index, overrides in enumerate(sweep)]
     return [
-        (point_name(index, overrides), overrides, apply_overrides(base, overrides))
-        for index, overrides in enumerate(sweep)
+        (pathlib.Path(name) / f"seed{seed}", name, seed, overrides,
+         apply_overrides(base, {**overrides, "seed": seed}))
+        for seed in sweep_seeds(module, base, num_seeds)
+        for name, overrides in points
     ]
 
 
 def training_command(config_spec: str, workdir: pathlib.Path, overrides: dict) -> str:
-    """The `python -m alignmix_jax.main` command line that trains one sweep point."""
+    """The `python -m alignmix_jax.main` command line that trains one sweep run."""
     words = ["python", "-m", "alignmix_jax.main", f"--config={config_spec}", f"--workdir={workdir}"]
     for key, value in overrides.items():
         words.append(f"--config.{key}={value}")
     return " ".join(shlex.quote(word) for word in words)
 
 
-def read_summary(point_dir: pathlib.Path) -> dict | None:
-    """The summary.json of a finished point, or None."""
+def read_summary(run_dir: pathlib.Path) -> dict | None:
+    """The summary.json of a finished run, or None."""
     from alignmix_jax.train import SUMMARY_FILE
 
-    path = point_dir / SUMMARY_FILE
+    path = run_dir / SUMMARY_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def mean_and_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, sample standard deviation, half-width of the 95% Student-t confidence interval of
+    the mean); the last two are NaN for a single value."""
+    from scipy import stats
+
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float(values.mean()), float("nan"), float("nan")
+    std = float(values.std(ddof=1))
+    quantile = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)
+    return float(values.mean()), std, float(quantile * std / np.sqrt(len(values)))
+
+
 def write_results(workdir: pathlib.Path, rows: list[dict]) -> None:
-    """Writes rows (RESULT_COLUMNS) to workdir/results.csv and a Markdown table to results.md."""
+    """Writes every run's row to workdir/results.csv and, per point, the mean, standard deviation
+    and 95% confidence interval over seeds of each metric to workdir/results.md."""
     with (workdir / "results.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=RESULT_COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=RESULT_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
-
-    def cell(value) -> str:
-        return f"{value:.2f}" if isinstance(value, float) else str(value)
-
+    metrics = [m for m in METRICS if any(row.get(m) is not None for row in rows)]
     lines = [
-        "| " + " | ".join(RESULT_COLUMNS) + " |",
-        "|" + "---|" * len(RESULT_COLUMNS),
-        *("| " + " | ".join(cell(row[column]) for column in RESULT_COLUMNS) + " |" for row in rows),
+        "Mean +- 95% confidence interval (Student t) over seeds; standard deviation in brackets.",
+        "",
+        "| point | overrides | seeds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (3 + len(metrics)),
     ]
+    for point in dict.fromkeys(row["point"] for row in rows):
+        runs = [row for row in rows if row["point"] == point]
+        cells = []
+        for metric in metrics:
+            mean, std, half_width = mean_and_interval([row[metric] for row in runs])
+            cells.append(
+                f"{mean:.2f}" if len(runs) < 2 else f"{mean:.2f} +- {half_width:.2f} ({std:.2f})"
+            )
+        seeds = ",".join(str(row["seed"]) for row in runs)
+        lines.append(f"| {point} | {runs[0]['overrides']} | {seeds} | " + " | ".join(cells) + " |")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -124,16 +177,18 @@ def run_sweep(
     config_spec: str,
     workdir,
     train_fn: Callable[[ml_collections.ConfigDict, pathlib.Path], dict] | None = None,
+    num_seeds: int | None = None,
 ) -> list[dict]:
-    """Trains every unfinished point of the ablation `config_spec` and writes the results tables.
+    """Trains every unfinished run of the ablation `config_spec` and writes the results tables.
 
     Args:
       config_spec: `path.py[:argument]` of a file with `get_config()` and `get_sweep()`.
-      workdir: sweep directory; point k trains in `workdir/<point name>`.
-      train_fn: `(config, point_workdir) -> summary`, default `train.train_and_evaluate`.
+      workdir: sweep directory; the run of point p and seed s trains in `workdir/p/seed<s>`.
+      train_fn: `(config, run_workdir) -> summary`, default `train.train_and_evaluate`.
+      num_seeds: run seeds 0..num_seeds-1 (default: the file's `get_seeds()` or the config's).
 
     Returns:
-      One row per point: RESULT_COLUMNS (accuracies in %).
+      One row per finished run: RESULT_COLUMNS (accuracies in %).
     """
     if train_fn is None:
         from alignmix_jax.train import train_and_evaluate as train_fn
@@ -143,33 +198,33 @@ def run_sweep(
         config_spec, ("get_config", "get_sweep")
     )
     rows = []
-    for name, overrides, config in sweep_points(module, argument):
-        point_dir = workdir / name
-        summary = read_summary(point_dir)
+    for run_dir, name, seed, overrides, config in sweep_runs(module, argument, num_seeds):
+        summary = read_summary(workdir / run_dir)
         if summary is None:
-            print(f"[sweep] training {name}", flush=True)
-            summary = train_fn(config, point_dir)
+            print(f"[sweep] training {run_dir}", flush=True)
+            summary = train_fn(config, workdir / run_dir)
         else:
-            print(f"[sweep] {name} already finished, skipped", flush=True)
+            print(f"[sweep] {run_dir} already finished, skipped", flush=True)
         rows.append(
             {
                 "point": name,
                 "overrides": json.dumps(overrides, sort_keys=True),
-                **{column: summary[column] for column in RESULT_COLUMNS[2:]},
+                "seed": seed,
+                **{column: summary.get(column) for column in RESULT_COLUMNS[3:]},
             }
         )
         write_results(workdir, rows)
     return rows
 
 
-def print_commands(config_spec: str, workdir) -> list[str]:
-    """Prints (and returns) one training command per sweep point."""
+def print_commands(config_spec: str, workdir, num_seeds: int | None = None) -> list[str]:
+    """Prints (and returns) one training command per sweep run."""
     module, argument = experiment_config.load_config_module(
         config_spec, ("get_config", "get_sweep")
     )
     commands = [
-        training_command(config_spec, pathlib.Path(workdir) / name, overrides)
-        for name, overrides, _ in sweep_points(module, argument)
+        training_command(config_spec, pathlib.Path(workdir) / run_dir, {**overrides, "seed": seed})
+        for run_dir, _, seed, overrides, _ in sweep_runs(module, argument, num_seeds)
     ]
     print("\n".join(commands))
     return commands
@@ -177,17 +232,22 @@ def print_commands(config_spec: str, workdir) -> list[str]:
 
 def main(argv: list[str]) -> None:
     """Entry point after flag parsing."""
+    from alignmix_jax import train
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging_utils.quiet_library_logs()
     try:
         if FLAGS.print_commands:
-            print_commands(FLAGS.config, FLAGS.workdir)
+            print_commands(FLAGS.config, FLAGS.workdir, FLAGS.seeds)
         else:
-            rows = run_sweep(FLAGS.config, FLAGS.workdir)
+            rows = run_sweep(FLAGS.config, FLAGS.workdir, num_seeds=FLAGS.seeds)
             print((pathlib.Path(FLAGS.workdir) / "results.md").read_text())
-            print(f"[sweep] {len(rows)} points; results in {FLAGS.workdir}/results.csv")
-    except ValueError as error:
+            print(f"[sweep] {len(rows)} runs; results in {FLAGS.workdir}/results.csv")
+    except train.RunInterrupted as stop:
+        print(f"[sweep] {stop}", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.Signals[stop.signal_name].value)
+    except (ValueError, train.TrainingDivergedError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -33,6 +33,7 @@ from alignmix_jax import (
     method,
     models,
     parallel,
+    run_summary,
 )
 from alignmix_jax.mixing import mixed_cross_entropy
 
@@ -223,10 +224,10 @@ def make_eval_step(model: models.StagedClassifier, mesh: jax.sharding.Mesh) -> C
     return jax.jit(sharded_eval)
 
 
-def evaluate_split(eval_step: Callable, state: TrainState, config, mesh) -> dict[str, float]:
-    """Test top-1 and top-5 accuracy (in %) over one pass of the eval split."""
+def evaluate_split(eval_step: Callable, state: TrainState, config, mesh, split: str):
+    """Top-1 and top-5 accuracy (in %) over one pass of `split` of `config.data`."""
     totals = None
-    batches = data.make_eval_iterator(config.data, config.eval_batch_size)
+    batches = data.make_eval_iterator(config.data, config.eval_batch_size, split=split)
     for batch in data.prefetch_to_mesh(batches, mesh):
         counts = eval_step(state.params, state.batch_stats, batch)
         totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
@@ -403,16 +404,24 @@ def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> 
 def _evaluate_and_keep_best(
     eval_step, state, step, config, mesh, meta, checkpointer, logger, total_steps
 ) -> None:
-    """Evaluates at `step`, records it in `meta` and saves the weights when they are the best."""
-    result = evaluate_split(eval_step, state, config, mesh)
-    meta["last_eval"] = {"step": step, **result}
-    if result["top1"] > meta["best_top1"]:
-        meta.update(best_top1=result["top1"], best_top5=result["top5"], best_step=step)
-        checkpointer.save_best(step, state.params, state.batch_stats, meta["last_eval"])
-    logger.write(step, {"eval_top1": result["top1"], "eval_top5": result["top5"]})
+    """Evaluates every split at `step`, records it in `meta` and saves the weights when they are
+    the best of the selection split (see `run_summary`)."""
+    results = {
+        name: evaluate_split(eval_step, state, config, mesh, split)
+        for name, split in run_summary.evaluation_splits(config.data).items()
+    }
+    if run_summary.record_eval(meta, step, results, config.summary_last_evals):
+        checkpointer.save_best(step, state.params, state.batch_stats, {"step": step, **results})
+    record = {"eval_top1": results["test"]["top1"], "eval_top5": results["test"]["top5"]}
+    if run_summary.VALIDATION in results:
+        validation = results[run_summary.VALIDATION]
+        record.update(validation_top1=validation["top1"], validation_top5=validation["top5"])
+    logger.write(step, record)
+    shown = ", ".join(f"{name} top-1 {result['top1']:.2f}%" for name, result in results.items())
+    best_test = meta["best"]["test"]
     logger.message(
-        f"step {step}/{total_steps}: test top-1 {result['top1']:.2f}% "
-        f"top-5 {result['top5']:.2f}% (best {meta['best_top1']:.2f}% at step {meta['best_step']})"
+        f"step {step}/{total_steps}: {shown}, test top-5 {results['test']['top5']:.2f}% "
+        f"(best test top-1 {best_test['top1']:.2f}% at step {best_test['step']})"
     )
 
 
@@ -457,8 +466,10 @@ def train_and_evaluate(
     (unless `config.stop_on_divergence` is False).
 
     Returns:
-      {"final_top1", "final_top5", "best_top1", "best_top5", "best_step", "images_per_sec",
-       "steps", "wall_time_sec"}; accuracies in %.
+      `run_summary.summarize`'s summary: for the test split "final_top1", "final_top5",
+      "best_top1", "best_top5", "best_step", "median_last_top1", and with a validation split
+      the same under "validation" and "test_top1_at_best_validation"; plus "selected_on",
+      "images_per_sec", "steps", "wall_time_sec". Accuracies in %.
     """
     wall_start = time.perf_counter()
     workdir = prepare_workdir(workdir)
@@ -483,7 +494,7 @@ def train_and_evaluate(
     base_key = parallel.replicate(jax.random.key(config.seed), mesh)
 
     checkpointer = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints)
-    meta = {"best_top1": -1.0, "best_top5": -1.0, "best_step": 0, "last_eval": None}
+    meta = run_summary.new_meta()
     last_checkpoint = checkpointer.latest_step()
     if last_checkpoint is not None:
         checkpointing.check_resumed_config(
@@ -558,17 +569,12 @@ def train_and_evaluate(
         checkpointer.close()
         logger.close()
 
-    last_eval = meta["last_eval"] or {"top1": float("nan"), "top5": float("nan")}
-    summary = {
-        "final_top1": last_eval["top1"],
-        "final_top5": last_eval["top5"],
-        "best_top1": meta["best_top1"],
-        "best_top5": meta["best_top5"],
-        "best_step": meta["best_step"],
-        "images_per_sec": throughput.median(fallback=meta.get("images_per_sec", rate)),
-        "steps": int(jax.device_get(state.step)),
-        "wall_time_sec": time.perf_counter() - wall_start,
-    }
+    summary = run_summary.summarize(
+        meta,
+        images_per_sec=throughput.median(fallback=meta.get("images_per_sec", rate)),
+        steps=int(jax.device_get(state.step)),
+        wall_time_sec=time.perf_counter() - wall_start,
+    )
     if is_writer:
         (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         logger.message("Summary: " + json.dumps(summary))

@@ -1,4 +1,5 @@
-"""Ablation sweeps: every shipped point is valid; results tables; finished points are skipped."""
+"""Ablation sweeps: every shipped point is valid; seeds; results tables with confidence intervals;
+finished runs are skipped."""
 
 import csv
 import json
@@ -30,10 +31,12 @@ def test_ships_the_required_ablations():
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda path: path.stem)
 def test_every_sweep_point_is_a_valid_config(path):
     module, _ = experiment_config.load_config_module(str(path), ("get_config", "get_sweep"))
-    points = sweep.sweep_points(module, None)
+    runs = sweep.sweep_runs(module, None)
+    points = {name for _, name, _, _, _ in runs}
     assert len(points) >= 3
-    assert len({name for name, _, _ in points}) == len(points)
-    for _, overrides, config in points:
+    assert len({run_dir for run_dir, _, _, _, _ in runs}) == len(runs)
+    for _, _, seed, overrides, config in runs:
+        assert config.seed == seed
         experiment_config.validate_config(config, num_devices=1)
         for key, value in overrides.items():
             node = config
@@ -50,15 +53,14 @@ def tiny_ablation(tmp_path):
     return path
 
 
-def test_run_sweep_writes_results_and_skips_finished_points(tiny_ablation, tmp_path):
-    calls = []
-
-    def fake_train(config, workdir):
-        calls.append((config.mix.method, config.mix.epsilon))
+def fake_train(calls):
+    def train_fn(config, workdir):
+        calls.append((config.mix.method, config.mix.epsilon, config.seed))
         summary = {
-            "final_top1": 90.0 + config.mix.epsilon,
+            "final_top1": 90.0 + config.mix.epsilon + [0.0, 1.0, 5.0][config.seed],
             "best_top1": 95.0,
             "best_step": 7,
+            "median_last_top1": 93.0,
             "images_per_sec": 123.0,
             "steps": 10,
         }
@@ -66,29 +68,67 @@ def test_run_sweep_writes_results_and_skips_finished_points(tiny_ablation, tmp_p
         (workdir / "summary.json").write_text(json.dumps(summary))
         return summary
 
+    return train_fn
+
+
+def test_run_sweep_writes_results_and_skips_finished_runs(tiny_ablation, tmp_path):
+    calls = []
     workdir = tmp_path / "sweep"
-    rows = sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train)
-    assert calls == [("alignmixup", 0.5), ("alignmix", 2.0)]
+    rows = sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train(calls))
+    assert calls == [("alignmixup", 0.5, 0), ("alignmix", 2.0, 0)]
     assert [row["final_top1"] for row in rows] == [90.5, 92.0]
+    assert (workdir / "00_epsilon=0.5" / "seed0" / "summary.json").exists()
     with (workdir / "results.csv").open() as file:
         table = list(csv.DictReader(file))
     assert [float(row["final_top1"]) for row in table] == [90.5, 92.0]
     assert json.loads(table[1]["overrides"]) == {"mix.epsilon": 2.0, "mix.method": "alignmix"}
     markdown = (workdir / "results.md").read_text().splitlines()
-    assert markdown[0].startswith("| point | overrides | final_top1 | best_top1")
-    assert len(markdown) == 4 and "92.00" in markdown[3]
-    # A rerun trains nothing: both points have their summary.
-    sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train)
+    assert markdown[2].startswith("| point | overrides | seeds | final_top1 | best_top1")
+    assert "test_top1_at_best_validation" not in markdown[2]  # no validation split here
+    assert len(markdown) == 6 and "| 92.00 |" in markdown[5]
+    # A rerun trains nothing: both runs have their summary.
+    sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train(calls))
     assert len(calls) == 2
+
+
+def test_seeds_run_seed_by_seed_and_report_confidence_intervals(tiny_ablation, tmp_path):
+    calls = []
+    workdir = tmp_path / "sweep"
+    rows = sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train(calls), num_seeds=3)
+    # Every point of a seed before the next seed; the first seed's runs are the unseeded ones.
+    assert [call[2] for call in calls] == [0, 0, 1, 1, 2, 2]
+    assert len(rows) == 6 and len(calls) == 6
+    first = [row for row in rows if row["point"] == "00_epsilon=0.5"]
+    assert [row["final_top1"] for row in first] == [90.5, 91.5, 95.5]
+    # mean 92.5, sample sd sqrt(7) = 2.65, t(0.975, 2) = 4.303: half-width 4.303 * 2.65 / sqrt(3)
+    mean, std, half_width = sweep.mean_and_interval([90.5, 91.5, 95.5])
+    assert (mean, std) == pytest.approx((92.5, 7**0.5))
+    assert half_width == pytest.approx(4.302653 * 7**0.5 / 3**0.5, rel=1e-6)
+    line = (workdir / "results.md").read_text().splitlines()[4]
+    assert line.startswith("| 00_epsilon=0.5 |") and "| 0,1,2 | 92.50 +- 6.57 (2.65) |" in line
+    sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train(calls), num_seeds=3)
+    assert len(calls) == 6
+
+
+def test_seeds_come_from_get_seeds_unless_given(tiny_ablation):
+    module, _ = experiment_config.load_config_module(str(tiny_ablation), ("get_config",))
+    base = module.get_config()
+    assert sweep.sweep_seeds(module, base, None) == [base.seed]
+    module.get_seeds = lambda: [3, 4]
+    assert sweep.sweep_seeds(module, base, None) == [3, 4]
+    assert sweep.sweep_seeds(module, base, 2) == [0, 1]
+    with pytest.raises(ValueError, match="seeds must be a positive number"):
+        sweep.sweep_seeds(module, base, 0)
 
 
 def test_print_commands_gives_one_valid_training_command_per_point(tiny_ablation, tmp_path):
     commands = sweep.print_commands(str(tiny_ablation), tmp_path / "sweep")
-    assert len(commands) == 2
+    assert len(commands) == 2 and all("--config.seed=0" in command for command in commands)
     assert (
         "--config.mix.epsilon=2.0" in commands[1] and "--config.mix.method=alignmix" in commands[1]
     )
-    assert f"--workdir={tmp_path / 'sweep' / '01_epsilon=2.0_method=alignmix'}" in commands[1]
+    run_dir = tmp_path / "sweep" / "01_epsilon=2.0_method=alignmix" / "seed0"
+    assert f"--workdir={run_dir}" in commands[1]
     config = experiment_config.load_config(str(tiny_ablation))
     for command in commands:
         experiment_config.check_override_fields(config, command.split())

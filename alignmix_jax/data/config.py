@@ -79,6 +79,7 @@ CONFIG_FIELDS = (
     "augment",
     "train_split",
     "eval_split",
+    "validation_split",
     "split_seed",
     "train_examples_per_class",
     "mean",
@@ -99,6 +100,7 @@ class DataSpec:
     augment: str
     train_split: str
     eval_split: str
+    validation_split: str | None  # held out, evaluated beside eval_split: e.g. "train[45000:]"
     split_seed: int
     train_examples_per_class: int | None
     mean: tuple[float, ...] | None  # None: the dataset default or computed from the training rows
@@ -117,6 +119,7 @@ class DataSpec:
             augment="none",
             train_split=splits.split_names(self.train_split)[0],
             eval_split="",
+            validation_split=None,
             split_seed=0,
             train_examples_per_class=None,
             mean=None,
@@ -144,6 +147,7 @@ def default_data_config(name: str, **overrides: Any) -> ml_collections.ConfigDic
         "augment": "auto",
         "train_split": "train",
         "eval_split": defaults.eval_split,
+        "validation_split": config_dict.placeholder(str),
         "split_seed": 0,
         "train_examples_per_class": config_dict.placeholder(int),
         "mean": config_dict.placeholder(tuple),
@@ -233,6 +237,11 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
         augment=augment,
         train_split=_split_field("train_split", data_config.get("train_split") or "train"),
         eval_split=_split_field("eval_split", data_config.get("eval_split") or defaults.eval_split),
+        validation_split=(
+            None
+            if data_config.get("validation_split") is None
+            else _split_field("validation_split", data_config["validation_split"])
+        ),
         split_seed=_int_at_least("split_seed", 0 if split_seed is None else split_seed, 0),
         train_examples_per_class=per_class,
         mean=_channel_values("mean", data_config.get("mean")),

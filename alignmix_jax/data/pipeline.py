@@ -64,6 +64,8 @@ def get_dataset_info(data_config) -> DatasetInfo:
     meta = sources.dataset_metadata(spec)
     num_train = sources.num_training_examples(spec)
     num_eval = sources.num_examples(spec, spec.eval_split, field="data.eval_split")
+    if spec.validation_split is not None:
+        sources.num_examples(spec, spec.validation_split, field="data.validation_split")
     _warn_if_evaluating_on_training_rows(spec)
     mean, std = sources.normalisation(spec)
     return DatasetInfo(
@@ -81,24 +83,29 @@ def get_dataset_info(data_config) -> DatasetInfo:
 
 @functools.cache
 def _warn_if_evaluating_on_training_rows(spec: DataSpec) -> None:
-    """Logs a warning (once) when `eval_split` shares examples with the training rows."""
+    """Logs a warning (once) when `eval_split` or `validation_split` shares examples with the
+    training rows."""
     training = sources.select(
         spec, spec.train_split, per_class=spec.train_examples_per_class, field="data.train_split"
     )
-    evaluated = sources.select(spec, spec.eval_split, field="data.eval_split")
-    shared = sum(
-        len(np.intersect1d(train_rows, eval_rows))
-        for train_name, train_rows in training
-        for eval_name, eval_rows in evaluated
-        if train_name == eval_name
-    )
-    if shared:
-        logging.warning(
-            "data.eval_split %r shares %d examples with the training rows (data.train_split %r): "
-            "its accuracy is not a held-out accuracy. Hold out complementary slices, e.g. "
-            "'train[:45000](stratified)' and 'train[45000:](stratified)'.",
-            spec.eval_split, shared, spec.train_split,
+    for field in ("eval_split", "validation_split"):
+        split = getattr(spec, field)
+        if split is None:
+            continue
+        evaluated = sources.select(spec, split, field=f"data.{field}")
+        shared = sum(
+            len(np.intersect1d(train_rows, eval_rows))
+            for train_name, train_rows in training
+            for eval_name, eval_rows in evaluated
+            if train_name == eval_name
         )
+        if shared:
+            logging.warning(
+                "data.%s %r shares %d examples with the training rows (data.train_split %r): "
+                "its accuracy is not a held-out accuracy. Hold out complementary slices, e.g. "
+                "'train[:45000](stratified)' and 'train[45000:](stratified)'.",
+                field, split, shared, spec.train_split,
+            )
 
 
 def steps_per_epoch(data_config, global_batch_size: int) -> int:

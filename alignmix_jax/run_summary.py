@@ -1,0 +1,86 @@
+"""What a run reports: its evals, kept in the checkpoint's meta, and the summary of them.
+
+A run evaluates, at every eval step, its test split (`config.data.eval_split`) and, when
+`config.data.validation_split` is set, a held-out validation split. The best-weights checkpoint
+(best/) is selected on the validation split when there is one, else on the test split. For each
+split the summary reports the final accuracy, the best with its step, and the median of the last
+`config.summary_last_evals` evals; with a validation split, also the test accuracy at the step of
+the best validation accuracy. The paper's figure is the best test top-1 over training: it is
+"best_top1", selected on the test set.
+"""
+
+import statistics
+
+VALIDATION = "validation"
+TEST = "test"
+
+
+def evaluation_splits(data_config) -> dict[str, str]:
+    """{"validation": split (when data.validation_split is set), "test": data.eval_split}."""
+    splits = {}
+    if data_config.get("validation_split") is not None:
+        splits[VALIDATION] = data_config.validation_split
+    splits[TEST] = data_config.eval_split
+    return splits
+
+
+def new_meta() -> dict:
+    """The eval record of a run before its first eval (JSON, saved with each checkpoint).
+
+    best_step: the step of the best-weights checkpoint; best: {split: {"step", "top1", "top5"}};
+    test_top1_at_best_validation; recent_evals: the last evals, [{"step", split: {"top1",
+    "top5"}}], oldest first.
+    """
+    return {"best_step": 0, "best": {}, "test_top1_at_best_validation": None, "recent_evals": []}
+
+
+def record_eval(meta: dict, step: int, results: dict[str, dict], keep: int) -> bool:
+    """Adds the eval at `step` ({split: {"top1", "top5"}}) to `meta`, keeping the last `keep`.
+
+    Returns whether these weights are the new best of the selection split (validation when
+    evaluated, else test): the caller then saves them as the best weights.
+    """
+    meta["recent_evals"] = [*meta["recent_evals"], {"step": step, **results}][-keep:]
+    for split, result in results.items():
+        best = meta["best"].get(split)
+        if best is None or result["top1"] > best["top1"]:
+            meta["best"][split] = {"step": step, **result}
+            if split == VALIDATION:
+                meta["test_top1_at_best_validation"] = results[TEST]["top1"]
+    selection = VALIDATION if VALIDATION in results else TEST
+    if meta["best"][selection]["step"] == step:
+        meta["best_step"] = step
+        return True
+    return False
+
+
+def _split_summary(meta: dict, split: str) -> dict:
+    nan = float("nan")
+    recent = [entry[split]["top1"] for entry in meta["recent_evals"] if split in entry]
+    last = meta["recent_evals"][-1][split] if recent else {"top1": nan, "top5": nan}
+    best = meta["best"].get(split, {"step": 0, "top1": nan, "top5": nan})
+    return {
+        "final_top1": last["top1"],
+        "final_top5": last["top5"],
+        "best_top1": best["top1"],
+        "best_top5": best["top5"],
+        "best_step": best["step"],
+        "median_last_top1": statistics.median(recent) if recent else nan,
+    }
+
+
+def summarize(meta: dict, **extra) -> dict:
+    """The summary of a run: the test split's figures at the top level ("best_top1" is the best
+    test top-1, selected on the test set), "selected_on" (the split that chose best/), the
+    number of evals the medians cover, and with a validation split its figures under
+    "validation" and "test_top1_at_best_validation"; then `extra` (steps, images/s, ...)."""
+    has_validation = VALIDATION in meta["best"]
+    summary = {
+        **_split_summary(meta, TEST),
+        "selected_on": VALIDATION if has_validation else TEST,
+        "median_over_evals": len(meta["recent_evals"]),
+    }
+    if has_validation:
+        summary[VALIDATION] = _split_summary(meta, VALIDATION)
+        summary["test_top1_at_best_validation"] = meta["test_top1_at_best_validation"]
+    return {**summary, **extra}
