@@ -12,6 +12,7 @@ leaves either a whole checkpoint or none.
 import copy
 import json
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -302,8 +303,17 @@ def _replicated_target(saved_metadata, mesh: jax.sharding.Mesh):
     )
 
 
-def load_for_eval(workdir, which: str = "best"):
-    """Loads a trained run for evaluation -> (config, model, variables).
+class TrainedRun(NamedTuple):
+    """A trained run loaded for evaluation (see `load_for_eval`)."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    variables: dict
+    step: int
+
+
+def load_for_eval(workdir, which: str = "best") -> TrainedRun:
+    """Loads a trained run for evaluation -> `TrainedRun(config, model, variables, step)`.
 
     The checkpoint restores on this process's devices whatever the device count of the run that
     saved it (e.g. a run trained on 8 GPUs evaluated on a 1-CPU laptop).
@@ -315,7 +325,7 @@ def load_for_eval(workdir, which: str = "best"):
     Returns:
       config: the run's ConfigDict; model: the flax module built without `axis_name`;
       variables: {"params": ..., "batch_stats": ...}, each array replicated on every device of
-      `parallel.make_data_mesh()`.
+      `parallel.make_data_mesh()`; step: the training step of the loaded checkpoint.
     """
     from alignmix_jax import data, models
 
@@ -360,4 +370,4 @@ def load_for_eval(workdir, which: str = "best"):
     finally:
         manager.close()
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    return config, model, variables
+    return TrainedRun(config, model, variables, int(step))

@@ -338,7 +338,7 @@ def evaluate_workdir(
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} does not exist; expected a training run directory")
-    config, model, variables = checkpointing.load_for_eval(workdir, which=checkpoint)
+    config, model, variables, _ = checkpointing.load_for_eval(workdir, which=checkpoint)
     config = apply_overrides(with_evaluation_defaults(config), overrides)
     settings = config.evaluation
     validate_evaluation_config(settings)

@@ -11,6 +11,7 @@ feature mixup, AlignMix direction 0 and AlignMix direction 1 and columns lam in
 two images' positions.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -173,14 +174,24 @@ def plot_transport_plan(
     return path
 
 
-def _decoder_matches(directory: str, checkpoint: str, image_shape) -> bool:
+def _decoder_key(config, checkpoint: str, step: int, image_shape) -> dict:
+    """What a saved decoder was trained for: the classifier checkpoint ("best"/"last"), its
+    training step, a hash of the run's model and data config, and the image shape. A decoder is
+    reused only when all match (more training, or another config, means other features)."""
+    described = json.dumps({"model": config.model.to_dict(), "data": config.data.to_dict()},
+                           sort_keys=True, default=str)
+    return {"classifier_checkpoint": checkpoint, "classifier_step": int(step),
+            "classifier_config": hashlib.sha256(described.encode()).hexdigest()[:16],
+            "image_shape": list(image_shape)}
+
+
+def _decoder_matches(directory: str, key: dict) -> bool:
     settings_path = os.path.join(directory, "decoder.json")
     if not os.path.exists(settings_path):
         return False
     with open(settings_path) as handle:
         settings = json.load(handle)
-    return (settings.get("checkpoint") == checkpoint
-            and tuple(settings["image_shape"]) == tuple(image_shape))
+    return all(settings.get(name) == value for name, value in key.items())
 
 
 def visualize_workdir(
@@ -218,7 +229,8 @@ def visualize_workdir(
         raise ValueError(f"pairs must be a positive int, got {pairs!r}")
     if not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} does not exist; expected a training run directory")
-    config, model, variables = checkpointing.load_for_eval(workdir, which=checkpoint)
+    config, model, variables, step = checkpointing.load_for_eval(workdir, which=checkpoint)
+    run_config = config
     config = evaluate.apply_overrides(config, overrides)
     info = data.get_dataset_info(config.data)
     mean = np.asarray(info.mean, np.float32)
@@ -235,7 +247,8 @@ def visualize_workdir(
     decoder_dir = os.path.join(out_dir, "decoder")
     image_shape = tuple(info.image_shape)
     losses: list[float] = []
-    if not retrain_decoder and _decoder_matches(decoder_dir, checkpoint, image_shape):
+    decoder_key = _decoder_key(run_config, checkpoint, step, image_shape)
+    if not retrain_decoder and _decoder_matches(decoder_dir, decoder_key):
         decoder, decoder_params, _ = decoder_lib.load_decoder(decoder_dir)
     else:
         batch_size = math.ceil(decoder_batch_size / mesh.devices.size) * mesh.devices.size
@@ -255,8 +268,8 @@ def visualize_workdir(
             feature_shape=tuple(feature_shape), epochs=decoder_epochs,
             key=jax.random.key(seed))
         decoder_params = jax.device_get(decoder_params)
-        decoder_lib.save_decoder(decoder_dir, decoder, decoder_params, checkpoint=checkpoint,
-                                 epochs=decoder_epochs, losses=losses)
+        decoder_lib.save_decoder(decoder_dir, decoder, decoder_params, epochs=decoder_epochs,
+                                 losses=losses, **decoder_key)
 
     test_images = []
     for host_batch in data.make_eval_iterator(config.data, max(2 * pairs, 2)):

@@ -84,3 +84,14 @@ def test_bad_arguments_are_rejected(linear_problem):
                     num_steps=0, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="mean and std"):
         attacks.fgsm(logits_fn, images, labels, epsilon=0.1, mean=MEAN[:2], std=STD[:2])
+
+
+def test_attacks_of_radius_zero_leave_the_images_as_they_are(linear_problem):
+    """Epsilon 0: FGSM and PGD (random start included) return the clean images, so the accuracy
+    under attack is the clean accuracy."""
+    _, images, labels, _, _, logits_fn = linear_problem
+    fgsm = attacks.fgsm(logits_fn, images, labels, epsilon=0.0, mean=MEAN, std=STD)
+    pgd = attacks.pgd(logits_fn, jax.random.key(3), images, labels, epsilon=0.0, step_size=2 / 255,
+                      num_steps=3, mean=MEAN, std=STD)
+    np.testing.assert_allclose(np.asarray(fgsm), np.asarray(images), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pgd), np.asarray(images), atol=1e-6)

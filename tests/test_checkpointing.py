@@ -97,15 +97,15 @@ def checkpoint_meta(workdir: pathlib.Path, step: int) -> dict:
 
 
 def best_weights(workdir):
-    return checkpointing.load_for_eval(workdir, "best")[2]
+    return checkpointing.load_for_eval(workdir, "best").variables
 
 
 @pytest.mark.parametrize("interrupted", ["killed", "stopped"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted):
     plain, resumed = runs["workdirs"]["plain"], runs["workdirs"][interrupted]
     assert "Resumed from the checkpoint at step" in runs["outputs"][f"{interrupted}_resumed"]
-    _, _, plain_last = checkpointing.load_for_eval(plain, "last")
-    _, _, resumed_last = checkpointing.load_for_eval(resumed, "last")
+    plain_last = checkpointing.load_for_eval(plain, "last").variables
+    resumed_last = checkpointing.load_for_eval(resumed, "last").variables
     for a, b in zip(jax.tree.leaves(plain_last), jax.tree.leaves(resumed_last), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     # best/: the same step and weights; summary.json and every checkpoint's meta the same.
@@ -156,7 +156,7 @@ def test_keeps_the_best_and_the_checkpoints_asked_for(runs):
     summary = json.loads((plain / "summary.json").read_text())
     assert finished_checkpoints(plain, "best") == [summary["best_step"]]
     assert summary["best_top1"] >= summary["final_top1"]
-    config, model, variables = checkpointing.load_for_eval(plain, "best")
+    config, model, variables, _ = checkpointing.load_for_eval(plain, "best")
     assert config.num_train_steps == NUM_STEPS
     logits, _ = model.apply(variables, np.zeros((2, 16, 16, 1), np.float32))
     assert logits.shape == (2, 10)
@@ -200,7 +200,7 @@ assert jax.device_count() == 1, jax.devices()
 workdir, out = sys.argv[1], sys.argv[2]
 arrays = {}
 for which in checkpointing.CHECKPOINT_WHICH:
-    _, _, variables = checkpointing.load_for_eval(workdir, which)
+    variables = checkpointing.load_for_eval(workdir, which).variables
     for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
         assert len(leaf.sharding.device_set) == 1, leaf.sharding
         arrays[which + jax.tree_util.keystr(path)] = np.asarray(leaf)
@@ -278,7 +278,7 @@ def test_run_saved_on_8_devices_loads_for_eval_on_1_device(eight_device_run, tmp
 
 
 def test_load_for_eval_replicates_on_the_current_mesh(eight_device_run):
-    _, _, variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last")
+    variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last").variables
     state = eight_device_run["state"]
     expected = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
     assert flat_arrays(variables).keys() == expected.keys()
@@ -338,7 +338,7 @@ def test_run_trained_on_8_devices_resumes_on_4(eight_device_run, tmp_path, monke
     records = [r for r in logging_utils.read_metrics(workdir) if "train_loss" in r]
     assert [r["step"] for r in records] == [SAVED_STEP + 1]
     assert np.isfinite(records[0]["train_loss"])
-    _, _, after = checkpointing.load_for_eval(workdir, "last")
+    after = checkpointing.load_for_eval(workdir, "last").variables
     after_params, saved_params = jax.tree.leaves(after["params"]), jax.tree.leaves(saved.params)
     assert not all(np.array_equal(a, b) for a, b in zip(after_params, saved_params, strict=True))
 
@@ -374,7 +374,7 @@ def test_best_weights_follow_the_lineage_of_a_resumed_run(eight_device_run, tmp_
     resumed.close()
     assert resumed.best_steps() == [4]
     checkpointing.save_config(eight_device_run["config"], tmp_path)
-    best = checkpointing.load_for_eval(tmp_path, "best")[2]["params"]
+    best = checkpointing.load_for_eval(tmp_path, "best").variables["params"]
     expected = jax.tree.map(lambda leaf: leaf + 4.0, state.params)
     for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)

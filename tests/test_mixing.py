@@ -149,3 +149,20 @@ def test_mix_labels_and_mixed_cross_entropy_agree():
 def test_bad_input_raises_a_clear_value_error(images, call, message):
     with pytest.raises(ValueError, match=message):
         call(*images)
+
+
+def test_label_smoothing_spreads_part_of_the_mixed_target_over_all_classes():
+    rng = np.random.default_rng(4)
+    logits = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    y, y_partner = jnp.array([0, 1, 2, 3, 4, 0]), jnp.array([1, 1, 0, 4, 2, 3])
+    lam = jnp.asarray(rng.uniform(size=6), jnp.float32)
+    smoothing = 0.2
+    # By hand: the target is (1 - s) (lam onehot(y) + (1 - lam) onehot(y')) + s / K.
+    target = (1 - smoothing) * np.asarray(mix_labels(y, y_partner, lam, 5)) + smoothing / 5
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    expected = -(target * log_probs).sum(axis=1).mean()
+    loss = mixed_cross_entropy(logits, y, y_partner, lam, label_smoothing=smoothing)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert float(loss) != pytest.approx(float(mixed_cross_entropy(logits, y, y_partner, lam)))
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\)"):
+        mixed_cross_entropy(logits, y, y_partner, lam, label_smoothing=1.0)

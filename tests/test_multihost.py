@@ -210,8 +210,8 @@ def test_two_hosts_train_like_one_host_of_eight_devices(runs):
 def test_two_hosts_write_a_checkpoint_one_host_reads(runs):
     single_dir = runs["single"][0]
     hosts_dir = runs["hosts_none"][0]
-    _, _, single_variables = checkpointing.load_for_eval(single_dir, which="last")
-    _, _, host_variables = checkpointing.load_for_eval(hosts_dir, which="last")
+    single_variables = checkpointing.load_for_eval(single_dir, which="last").variables
+    host_variables = checkpointing.load_for_eval(hosts_dir, which="last").variables
     single_leaves = dict(_flatten(single_variables))
     host_leaves = dict(_flatten(host_variables))
     assert host_leaves.keys() == single_leaves.keys()

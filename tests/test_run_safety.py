@@ -39,7 +39,7 @@ def test_a_diverging_run_stops_at_the_step_before_saving_it(tmp_path):
     assert checkpoints == list(range(1, step))  # nothing from the diverged step on
     if checkpoints:
         assert f"the last good checkpoint is step {checkpoints[-1]} in" in message
-        _, _, variables = checkpointing.load_for_eval(tmp_path, "last")
+        variables = checkpointing.load_for_eval(tmp_path, "last").variables
         assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
     else:
         assert "no checkpoint was written yet" in message
