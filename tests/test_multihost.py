@@ -1,58 +1,45 @@
-"""The trainer on two hosts: two local processes, each with 4 simulated CPU devices, joined by
-`jax.distributed` over loopback (gloo collectives), run the real CLI,
-`python -m alignmix_jax.main --config experiments/quickstart.py:smoke --config.distributed=True`,
-on one shared workdir, against the same run in one process with 8 devices.
+"""The trainer on two hosts, stopped by a preemption and resumed, against one host of 8 devices.
 
-Each child process runs the CLI under a spy that, whenever the trainer checkpoints, saves the
-copy of the parameters held by each of its local devices; so the test sees all 8 device copies.
+Two local processes, each with 4 simulated CPU devices, joined by `jax.distributed` over loopback
+(gloo collectives), run the real CLI (`cli_runs`) on one shared workdir: AlignMixup with global
+partners, 4 steps, a checkpoint every step. Host 1 alone receives SIGTERM after step 2: JAX's
+preemption service must stop both hosts after the same step, each writing its part of that
+checkpoint, and the same command then resumes both to step 4. A spy saves, at every checkpoint,
+the copy of the parameters held by each device, so the test sees all 8 copies of every step.
+
+The reference is the same config trained in this process on one host of 8 devices
+(`train.train_and_evaluate`), from the initial parameters and from them moved by one ulp: the
+difference the ulp makes after each step is the float32 noise of that step (`float32_noise`).
+Gloo sums in another order than the in-process collectives, so the two hosts may differ from the
+reference by that noise and no more. `test_the_tolerance_rejects_real_defects` shows that a host
+reading the wrong rows, a missing gradient mean or a skipped step move the parameters by orders of
+magnitude more than the tolerance.
 """
 
 import json
-import os
 import pathlib
+import signal
 import socket
-import subprocess
-import sys
-import time
 
+import cli_runs
+import float32_noise
 import jax
 import numpy as np
 import pytest
 
-from alignmix_jax import checkpointing, experiment_config, logging_utils, parallel
+from alignmix_jax import checkpointing, data, experiment_config, logging_utils, parallel, train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "experiments/quickstart.py:smoke"
-NUM_STEPS = 4  # the smoke config's num_train_steps; it evaluates at the last step
-CHECKPOINT_STEPS = [2, 4]
-DEADLINE_SEC = 300  # the whole launch; about 60 s on an idle 2-core machine
-SPY_DIR_ENV = "ALIGNMIX_TEST_SPY_DIR"
-
-# Runs the CLI module as `python -m` would, after wrapping RunCheckpointer.save so that each
-# process writes params_host<process index>_step<step>.npz: {dotted name: (local devices, ...)}.
-SPY_LAUNCHER = f"""
-import os, pathlib, runpy
-import jax
-import numpy as np
-from alignmix_jax import checkpointing
-
-original_save = checkpointing.RunCheckpointer.save
-
-def save(self, step, state, meta):
-    leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    copies = {{
-        ".".join(str(key.key) for key in path): np.stack(
-            [np.asarray(shard.data) for shard in leaf.addressable_shards]
-        )
-        for path, leaf in leaves
-    }}
-    name = f"params_host{{jax.process_index()}}_step{{int(step)}}.npz"
-    np.savez(pathlib.Path(os.environ["{SPY_DIR_ENV}"]) / name, **copies)
-    original_save(self, step, state, meta)
-
-checkpointing.RunCheckpointer.save = save
-runpy.run_module("alignmix_jax.main", run_name="__main__", alter_sys=True)
-"""
+NUM_STEPS = 4
+STOP_AFTER = 2  # host 1's SIGTERM; the preemption service stops both hosts after step 3
+STOPPED_AT = STOP_AFTER + 1
+DEADLINE_SEC = 600  # each launch; about 30 s on an idle 2-core machine
+OVERRIDES = {
+    "mix.method": "alignmixup",
+    "mix.partner": "global",
+    "checkpoint_every_steps": 1,
+    "progress_bar": False,
+}
 
 
 def _free_loopback_port() -> int:
@@ -64,107 +51,96 @@ def _free_loopback_port() -> int:
         pytest.skip(f"cannot bind a TCP port on 127.0.0.1 for the coordinator: {error}")
 
 
-def _launch(workdir: pathlib.Path, method: str, devices: int, process_id=None, port=None, *extra):
-    """Starts one CLI process; with `process_id`, one of 2 hosts coordinated on `port`."""
-    spy_dir = workdir.parent / f"{workdir.name}_spy"
-    spy_dir.mkdir(exist_ok=True)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JAX_", "TPU_", "SLURM_", "OMPI_", "PMI_"))
-    }
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_NUM_CPU_DEVICES=str(devices),
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-        PYTHONPATH=str(REPO),
-        **{SPY_DIR_ENV: str(spy_dir)},
-    )
-    command = [
-        sys.executable,
-        "-c",
-        SPY_LAUNCHER,
-        f"--config={CONFIG}",
-        f"--workdir={workdir}",
-        f"--config.mix.method={method}",
-        "--config.progress_bar=False",
-        f"--config.checkpoint_every_steps={CHECKPOINT_STEPS[0]}",
-        *extra,
-    ]
-    if process_id is not None:
-        command += [
+def _launch_two_hosts(root: pathlib.Path, workdir: pathlib.Path, spy_dir, name, **host1_hooks):
+    port = _free_loopback_port()
+    launched = {}
+    for process_id in (0, 1):
+        args = [
+            f"--config={CONFIG}",
+            f"--workdir={workdir}",
+            *(f"--config.{field}={value}" for field, value in OVERRIDES.items()),
             "--config.distributed=True",
             f"--config.distributed_coordinator=127.0.0.1:{port}",
             "--config.distributed_num_processes=2",
             f"--config.distributed_process_id={process_id}",
         ]
-    log = open(workdir.parent / f"{workdir.name}_{process_id or 0}.log", "w+")  # noqa: SIM115
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    return process, log
-
-
-def _finish(launched: dict) -> dict[str, str]:
-    """Waits for every process until the shared deadline; kills all on a failure or timeout.
-
-    Returns {name: output}; fails the test with the output tails when one did not exit 0.
-    """
-    deadline = time.monotonic() + DEADLINE_SEC
-    failed = None
-    try:
-        for name, (process, _) in launched.items():
-            try:
-                process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                failed = f"{name} still running after {DEADLINE_SEC} s"
-                break
-            if process.returncode != 0:
-                failed = f"{name} exited with {process.returncode}"
-                break
-    finally:
-        for process, _ in launched.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    outputs = {}
-    for name, (_, log) in launched.items():
-        log.seek(0)
-        outputs[name] = log.read()
-        log.close()
-    if failed is not None:
-        tails = "\n".join(f"--- {name}:\n{text[-3000:]}" for name, text in outputs.items())
-        pytest.fail(f"{failed}\n{tails}")
-    return outputs
+        hooks = {cli_runs.SPY_DIR_ENV: str(spy_dir), **(host1_hooks if process_id else {})}
+        launched[f"{name}/{process_id}"] = cli_runs.start(
+            args, root / f"{name}_{process_id}.log", devices=4, **hooks
+        )
+    return launched
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Three runs at once: one process x 8 devices ("single") and two processes x 4 devices
-    ("hosts_none", "hosts_alignmixup"). Returns {run: (workdir, spy_dir, {process: output})}."""
+def hosts(tmp_path_factory):
+    """The two-host run, stopped by SIGTERM on host 1 and resumed: {"workdir", "spy", "stopped",
+    "resumed"} (the last two: {process: output})."""
     root = tmp_path_factory.mktemp("multihost")
-    plan = {
-        "single": ("none", None, "--config.tensorboard=False"),
-        "hosts_none": ("none", _free_loopback_port()),
-        "hosts_alignmixup": ("alignmixup", _free_loopback_port(), "--config.tensorboard=False"),
+    workdir, spy = root / "run", root / "spy"
+    spy.mkdir()
+    stopped = cli_runs.finish(
+        _launch_two_hosts(
+            root, workdir, spy, "stopped", **{cli_runs.SIGNAL_ENV: f"SIGTERM:{STOP_AFTER}"}
+        ),
+        DEADLINE_SEC,
+        expected_returncode=128 + signal.SIGTERM,
+    )
+    checkpoints_at_stop = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    resumed = cli_runs.finish(_launch_two_hosts(root, workdir, spy, "resumed"), DEADLINE_SEC)
+    return {
+        "workdir": workdir,
+        "spy": spy,
+        "checkpoints_at_stop": checkpoints_at_stop,
+        "stopped": {name.split("/")[1]: text for name, text in stopped.items()},
+        "resumed": {name.split("/")[1]: text for name, text in resumed.items()},
     }
-    launched = {}
-    for run, (method, port, *extra) in plan.items():
-        workdir = root / run
-        if port is None:
-            launched[run] = _launch(workdir, method, 8, None, None, *extra)
-            continue
-        for process_id in (0, 1):
-            launched[f"{run}/{process_id}"] = _launch(workdir, method, 4, process_id, port, *extra)
-    outputs = _finish(launched)
-    by_run = {run: {} for run in plan}
-    for name, text in outputs.items():
-        run, _, process = name.partition("/")
-        by_run[run][process or "0"] = text
-    return {run: (root / run, root / f"{run}_spy", by_run[run]) for run in plan}
 
 
-def _device_copies(spy_dir: pathlib.Path, host: int, step: int = NUM_STEPS) -> dict:
+def _config():
+    config = experiment_config.load_config(str(cli_runs.REPO / CONFIG))
+    config.update_from_flattened_dict({**OVERRIDES, "tensorboard": False})
+    return config
+
+
+def _train_in_process(workdir, monkeypatch, perturb=False):
+    """Trains `_config()` here on 8 devices; returns {step: host params} of every checkpoint."""
+    params_at = {}
+    save = checkpointing.RunCheckpointer.save
+
+    def spying_save(self, step, state, meta):
+        params_at[int(step)] = jax.device_get(state.params)
+        save(self, step, state, meta)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing.RunCheckpointer, "save", spying_save)
+        if perturb:
+            create = train.create_train_state
+
+            def perturbed_state(model, optimizer, image_shape, seed, mesh):
+                state = jax.device_get(create(model, optimizer, image_shape, seed, mesh))
+                state = state.replace(params=float32_noise.perturb_by_one_ulp(state.params))
+                return parallel.replicate(state, mesh)
+
+            patch.setattr(train, "create_train_state", perturbed_state)
+        train.train_and_evaluate(_config(), workdir)
+    return params_at
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One host of 8 devices: {"workdir", "params" {step: params}, "tolerance" {step: float}}."""
+    assert jax.device_count() == 8
+    root = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        params = _train_in_process(root / "run", monkeypatch)
+        noisy = _train_in_process(root / "perturbed", monkeypatch, perturb=True)
+    tolerance = {
+        step: float32_noise.noise_tolerance(params[step], noisy[step]) for step in params
+    }
+    return {"workdir": root / "run", "params": params, "tolerance": tolerance}
+
+
+def _device_copies(spy_dir: pathlib.Path, host: int, step: int) -> dict:
     """{parameter name: (local devices, ...)} of `host` at `step`."""
     path = spy_dir / f"params_host{host}_step{step}.npz"
     assert path.exists(), f"host {host} never checkpointed step {step}"
@@ -172,10 +148,10 @@ def _device_copies(spy_dir: pathlib.Path, host: int, step: int = NUM_STEPS) -> d
         return dict(saved)
 
 
-def _assert_replicas_identical(spy_dir: pathlib.Path) -> dict[str, np.ndarray]:
-    """Asserts that all 8 device copies (4 per host) of every parameter are bitwise equal and
-    finite; returns one copy {name: array}."""
-    host0, host1 = _device_copies(spy_dir, 0), _device_copies(spy_dir, 1)
+def _hosts_params(spy_dir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
+    """Asserts that all 8 device copies (4 per host) of every parameter at `step` are bitwise
+    equal and finite; returns one copy {dotted name: array}."""
+    host0, host1 = _device_copies(spy_dir, 0, step), _device_copies(spy_dir, 1, step)
     assert host0.keys() == host1.keys()
     for name in host0:
         copies = np.concatenate([host0[name], host1[name]])
@@ -186,76 +162,100 @@ def _assert_replicas_identical(spy_dir: pathlib.Path) -> dict[str, np.ndarray]:
     return {name: copies[0] for name, copies in host0.items()}
 
 
-def test_two_hosts_train_like_one_host_of_eight_devices(runs):
-    single_dir, single_spy, _ = runs["single"]
-    hosts_dir, hosts_spy, _ = runs["hosts_none"]
-    single = _device_copies(single_spy, 0)
-    assert all(copies.shape[0] == 8 for copies in single.values())
-    hosts = _assert_replicas_identical(hosts_spy)
-    assert hosts.keys() == single.keys()
-    for name, value in hosts.items():
-        np.testing.assert_allclose(value, single[name][0], rtol=1e-5, atol=1e-5, err_msg=name)
-    halfway = _device_copies(hosts_spy, 0, step=NUM_STEPS // 2)
-    assert any(not np.array_equal(halfway[name][0], value) for name, value in hosts.items())
-
-    single_records = logging_utils.read_metrics(single_dir)
-    host_records = logging_utils.read_metrics(hosts_dir)
-    assert [record["step"] for record in host_records] == [2, 4, 4]
-    for single_record, host_record in zip(single_records, host_records, strict=True):
-        assert single_record.keys() == host_record.keys()
-        for name in single_record.keys() - {"images_per_sec"}:
-            assert host_record[name] == pytest.approx(single_record[name], rel=1e-5, abs=1e-5)
+def _dotted(params) -> dict[str, np.ndarray]:
+    return {
+        ".".join(str(key.key) for key in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
 
 
-def test_two_hosts_write_a_checkpoint_one_host_reads(runs):
-    single_dir = runs["single"][0]
-    hosts_dir = runs["hosts_none"][0]
-    single_variables = checkpointing.load_for_eval(single_dir, which="last").variables
-    host_variables = checkpointing.load_for_eval(hosts_dir, which="last").variables
-    single_leaves = dict(_flatten(single_variables))
-    host_leaves = dict(_flatten(host_variables))
-    assert host_leaves.keys() == single_leaves.keys()
-    for name, value in host_leaves.items():
-        np.testing.assert_allclose(
-            np.asarray(value),
-            np.asarray(single_leaves[name]),
-            rtol=1e-5,
-            atol=1e-5,
-            err_msg=name,
-        )
-    saved_steps = sorted(int(path.name) for path in (hosts_dir / "checkpoints").iterdir())
-    assert saved_steps == CHECKPOINT_STEPS
-    assert sorted(path.name for path in (hosts_dir / "best").iterdir()) == [str(NUM_STEPS)]
+def test_both_hosts_stop_after_the_same_step_with_a_checkpoint(hosts):
+    assert hosts["checkpoints_at_stop"] == [STOPPED_AT - 1, STOPPED_AT]  # keep_checkpoints = 2
+    for process in ("0", "1"):
+        assert f"SIGTERM: stopped after step {STOPPED_AT}" in hosts["stopped"][process]
+    assert "SIGTERM caught" in hosts["stopped"]["1"]  # only host 1 was signalled
+    assert "SIGTERM caught" not in hosts["stopped"]["0"]
+    assert f"Resumed from the checkpoint at step {STOPPED_AT}" in hosts["resumed"]["0"]
 
 
-def _flatten(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+def test_two_hosts_train_like_one_host_of_eight_devices(hosts, reference):
+    for step in range(1, NUM_STEPS + 1):
+        two_hosts = _hosts_params(hosts["spy"], step)
+        one_host = _dotted(reference["params"][step])
+        assert two_hosts.keys() == one_host.keys()
+        difference = float32_noise.max_abs_difference(two_hosts, one_host)
+        assert difference <= reference["tolerance"][step], (step, difference, reference)
+    host_losses = {
+        r["step"]: r["train_loss"]
+        for r in logging_utils.read_metrics(hosts["workdir"])
+        if "train_loss" in r
+    }
+    one_host_losses = {
+        r["step"]: r["train_loss"]
+        for r in logging_utils.read_metrics(reference["workdir"])
+        if "train_loss" in r
+    }
+    # The stopped hosts also logged the step they stopped after.
+    assert set(host_losses) == set(one_host_losses) | {STOPPED_AT}
+    for step, loss in one_host_losses.items():
+        assert host_losses[step] == pytest.approx(loss, rel=1e-4)
 
 
-def test_two_hosts_agree_with_alignmixup(runs):
-    hosts_dir, hosts_spy, _ = runs["hosts_alignmixup"]
-    _assert_replicas_identical(hosts_spy)
-    records = logging_utils.read_metrics(hosts_dir)
-    losses = [record["train_loss"] for record in records if "train_loss" in record]
-    assert len(losses) == 2 and all(np.isfinite(losses))
+def test_the_tolerance_rejects_real_defects(hosts, reference, tmp_path, monkeypatch):
+    """A host reading the other host's rows, a missing mean over the devices, one step skipped:
+    each lands far outside the tolerance of the comparison above."""
+    tolerance = reference["tolerance"][NUM_STEPS]
+    expected = _dotted(reference["params"][NUM_STEPS])
+    skipped = _dotted(reference["params"][NUM_STEPS - 1])
+    assert float32_noise.max_abs_difference(skipped, expected) > 100 * tolerance
+
+    make_iterator = data.make_train_iterator
+
+    def host_one_reads_host_zeros_rows(*args, **kwargs):
+        for batch in make_iterator(*args, **kwargs):
+            half = len(batch["label"]) // 2
+            yield {name: np.concatenate([value[:half]] * 2) for name, value in batch.items()}
+
+    monkeypatch.setattr(data, "make_train_iterator", host_one_reads_host_zeros_rows)
+    wrong_rows = _train_in_process(tmp_path / "wrong_rows", monkeypatch)
+    monkeypatch.undo()
+    assert (
+        float32_noise.max_abs_difference(_dotted(wrong_rows[NUM_STEPS]), expected)
+        > 100 * tolerance
+    )
+
+    # No mean over the devices: each device steps with its own gradient and statistics.
+    monkeypatch.setattr(jax.lax, "pmean", lambda values, axis_name, **kwargs: values)
+    unaveraged = _train_in_process(tmp_path / "unaveraged", monkeypatch)
+    monkeypatch.undo()
+    difference = float32_noise.max_abs_difference(_dotted(unaveraged[NUM_STEPS]), expected)
+    assert difference > 100 * tolerance
 
 
-def test_only_host_zero_writes_logs(runs):
-    hosts_dir, _, outputs = runs["hosts_none"]
-    assert "Summary:" in outputs["0"]
-    assert "Summary:" not in outputs["1"] and "test top-1" not in outputs["1"]
-    summary = json.loads((hosts_dir / "summary.json").read_text())
+def test_two_hosts_write_a_checkpoint_one_host_reads(hosts, reference):
+    two_hosts = checkpointing.load_for_eval(hosts["workdir"], which="last")
+    one_host = checkpointing.load_for_eval(reference["workdir"], which="last")
+    assert two_hosts.step == one_host.step == NUM_STEPS
+    difference = float32_noise.max_abs_difference(two_hosts.variables, one_host.variables)
+    assert difference <= reference["tolerance"][NUM_STEPS]
+    saved_steps = sorted(int(path.name) for path in (hosts["workdir"] / "checkpoints").iterdir())
+    assert saved_steps == [NUM_STEPS - 1, NUM_STEPS]  # keep_checkpoints = 2
+    assert [path.name for path in (hosts["workdir"] / "best").iterdir()] == [str(NUM_STEPS)]
+
+
+def test_only_host_zero_writes_logs(hosts):
+    for outputs in (hosts["stopped"], hosts["resumed"]):
+        assert "test top-1" not in outputs["1"] and "Summary:" not in outputs["1"]
+    assert "Summary:" in hosts["resumed"]["0"]
+    summary = json.loads((hosts["workdir"] / "summary.json").read_text())
     assert summary["steps"] == NUM_STEPS
-    assert json.loads((hosts_dir / "config.json").read_text())["distributed"] is True
-    records = logging_utils.read_metrics(hosts_dir)
+    assert json.loads((hosts["workdir"] / "config.json").read_text())["distributed"] is True
+    records = logging_utils.read_metrics(hosts["workdir"])
     keys = [(record["step"], tuple(sorted(record))) for record in records]
-    assert len(keys) == len(set(keys)) == 3, records
-    event_files = list((hosts_dir / logging_utils.TENSORBOARD_DIR).iterdir())
-    assert len(event_files) == 1, event_files
+    assert len(keys) == len(set(keys)), records  # no record written twice
+    assert [r["step"] for r in records if "train_loss" in r] == [2, STOPPED_AT, NUM_STEPS]
+    event_files = list((hosts["workdir"] / logging_utils.TENSORBOARD_DIR).iterdir())
+    assert len(event_files) == 2, event_files  # one per launch of host 0
 
 
 @pytest.mark.parametrize(
@@ -267,7 +267,7 @@ def test_only_host_zero_writes_logs(runs):
     ],
 )
 def test_bad_distributed_fields_fail_naming_the_field(num_processes, process_id, message):
-    config = experiment_config.load_config(str(REPO / CONFIG))
+    config = experiment_config.load_config(str(cli_runs.REPO / CONFIG))
     config.distributed_num_processes = num_processes
     config.distributed_process_id = process_id
     with pytest.raises(ValueError, match=message):
