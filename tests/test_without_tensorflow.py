@@ -1,0 +1,113 @@
+"""Training, evaluation and visualisation run where TensorFlow cannot be imported.
+
+TensorFlow is only needed to prepare a tfds dataset (the `prepare` extra). Each run here is a
+`python -m alignmix_jax.<cli>` process started through `without_tensorflow.py`, which hides the
+package from every import finder and fails the run if a TensorFlow module is loaded anyway.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alignmix_jax import data, logging_utils
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUNNER = REPO / "tests" / "without_tensorflow.py"
+SMOKE = ["--config", "experiments/quickstart.py:smoke", "--config.progress_bar=False"]
+TIMEOUT_S = 600
+
+
+def run_without_tensorflow(module: str, *args: str, python_path: str | None = None) -> str:
+    """Runs `python -m module args` with TensorFlow hidden; returns its output, fails on error."""
+    env = os.environ | ({"PYTHONPATH": python_path} if python_path else {})
+    result = subprocess.run(
+        [sys.executable, str(RUNNER), module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"{module} {args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def train_without_tensorflow(workdir, *overrides: str) -> dict:
+    run_without_tensorflow("alignmix_jax.main", *SMOKE, f"--workdir={workdir}", *overrides)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0.0 <= summary["final_top1"] <= 100.0
+    return summary
+
+
+def test_tensorflow_is_absent_and_every_module_imports(tmp_path):
+    """The runner makes TensorFlow look uninstalled, and every alignmix_jax module (evaluation
+    and visualisation included) imports without it."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import importlib, importlib.util, pkgutil\n"
+        "import alignmix_jax\n"
+        "assert importlib.util.find_spec('tensorflow') is None\n"
+        "try:\n    import tensorflow\nexcept ModuleNotFoundError:\n    pass\n"
+        "else:\n    raise AssertionError('tensorflow imported')\n"
+        "names = [m.name for m in pkgutil.walk_packages(alignmix_jax.__path__, 'alignmix_jax.')]\n"
+        "for name in names:\n    importlib.import_module(name)\n"
+        "print(*names)\n"
+    )
+    output = run_without_tensorflow("probe", python_path=str(tmp_path))
+    imported = set(output.split())
+    assert {"alignmix_jax.evaluate", "alignmix_jax.visualize", "alignmix_jax.train"} <= imported
+    assert "alignmix_jax.data.tiny_imagenet" in imported  # a tfds builder, defined without TF
+
+
+def test_quickstart_trains_without_tensorflow(tmp_path):
+    summary = train_without_tensorflow(tmp_path)
+    records = [r for r in logging_utils.read_metrics(tmp_path) if "eval_top1" in r]
+    assert [r["eval_top1"] for r in records] == [summary["final_top1"]]
+    assert list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())  # events written
+
+
+def write_png_folder(root: pathlib.Path) -> None:
+    """`{train,test}/{dark,light}/*.png`: 16x16 RGB images, dark or light with noise."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for label, name in enumerate(("dark", "light")):
+            (root / split / name).mkdir(parents=True)
+            for k in range(count):
+                pixels = rng.integers(0, 100, (16, 16, 3)) + 150 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{k}.png")
+
+
+def test_image_folder_trains_without_tensorflow(tmp_path):
+    write_png_folder(tmp_path / "images")
+    train_without_tensorflow(
+        tmp_path / "run",
+        "--config.data.name=image_folder",
+        f"--config.data.path={tmp_path / 'images'}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        "--config.data.image_size=16",
+    )
+
+
+def test_prepared_tfds_records_train_without_tensorflow(tmp_path):
+    """TinyImageNet is prepared here (with TensorFlow), then read per record without it."""
+    pytest.importorskip("tensorflow", reason="preparing a tfds dataset needs the prepare extra")
+    from test_data import write_fake_tiny_imagenet
+
+    write_fake_tiny_imagenet(tmp_path / "download")
+    fields = {"path": str(tmp_path / "download"), "data_dir": str(tmp_path / "tfds")}
+    assert data.get_dataset_info(data.default_data_config("tiny_imagenet", **fields)).num_train
+    train_without_tensorflow(
+        tmp_path / "run",
+        "--config.data.name=tiny_imagenet",
+        "--config.data.eval_split=validation",
+        "--config.data.image_size=64",
+        "--config.batch_size=4",
+        "--config.eval_batch_size=6",
+        *(f"--config.data.{field}={value}" for field, value in fields.items()),
+    )
