@@ -1,5 +1,8 @@
 """MetricLogger: metrics.jsonl and the TensorBoard events hold the same records; host 0 writes."""
 
+import subprocess
+import sys
+
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
@@ -57,3 +60,20 @@ def test_other_hosts_and_disabled_tensorboard_write_nothing(tmp_path):
     write_records(tmp_path / "plain", tensorboard=False)
     assert len(logging_utils.read_metrics(tmp_path / "plain")) == len(RECORDS)
     assert not (tmp_path / "plain" / logging_utils.TENSORBOARD_DIR).exists()
+
+
+def test_writing_events_never_imports_tensorflow_even_when_installed(tmp_path):
+    """tensorboard's own writers open files through `tf.io.gfile` (importing TensorFlow when it
+    is installed, seconds and gigabytes); the logger must not."""
+    code = (
+        "import sys\n"
+        "from alignmix_jax import logging_utils, train\n"
+        f"logger = logging_utils.MetricLogger({str(tmp_path)!r}, 1, progress_bar=False)\n"
+        "logger.write(1, {'train_loss': 1.0})\n"
+        "logger.close()\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'tensorflow'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "[]"
+    assert read_scalars(tmp_path) == {"train_loss": {1: 1.0}}
