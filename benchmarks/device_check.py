@@ -73,8 +73,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_FILE = REPO / "tests" / "test_ot.py"
 TRAINING_CONFIG = REPO / "experiments" / "cifar10_jpg_short.py"
 JSON_NAME, MARKDOWN_NAME = "device_check.json", "device_check.md"
-DEFAULT_BUDGET_S = 450.0
+DEFAULT_BUDGET_S = 420.0  # + start-up and the watchdog's grace: within 8 minutes
 WATCHDOG_GRACE_S = 20.0
+WATCHDOG_EXIT_STATUS = 3
 EPSILON, NUM_ITERS, THRESHOLD = 0.1, 100, 1e-3
 LAM = 0.3
 PACKAGES = (
@@ -187,6 +188,8 @@ class Report:
             "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "parts": {},
         }
+        # part -> () -> fields measured so far, which the watchdog records if the part overruns
+        self.progress: dict[str, Callable[[], dict]] = {}
 
     def record(self, part: str, status: str, seconds: float, **fields) -> None:
         with self.lock:
@@ -409,11 +412,11 @@ def run_peer(settings: Settings, args, clock: Clock) -> dict:
 
 
 def training_epochs(settings: Settings, steps_per_epoch: int, seconds: float, step_s) -> int:
-    """Epochs that fit in `seconds` at `step_s` per step (20% for evaluation and input), at least
-    1, at most the settings' cap; 1 when no step time was measured."""
+    """Epochs that fit in `seconds` at `step_s` per step (50% more for evaluation, input and
+    logging), at least 1, at most the settings' cap; 1 when no step time was measured."""
     if step_s is None:
         return 1
-    epochs = math.floor(seconds / (1.2 * steps_per_epoch * step_s))
+    epochs = math.floor(seconds / (1.5 * steps_per_epoch * step_s))
     return max(1, min(settings.training_max_epochs, epochs))
 
 
@@ -453,9 +456,16 @@ def train_cifar10(settings: Settings, path, scratch: pathlib.Path, clock: Clock,
     seconds = clock.left() - settings.training_compile_s
     config.num_epochs = training_epochs(settings, steps_per_epoch, seconds, step_s)
     config.checkpoint_every_steps = config.num_epochs * steps_per_epoch
-    summary = train.train_and_evaluate(config, scratch / "run")
-    evaluations = [r for r in logging_utils.read_metrics(scratch / "run") if "eval_top1" in r]
-    return {
+
+    def epoch_top1() -> list[dict]:
+        records = logging_utils.read_metrics(scratch / "run")
+        return [
+            {"epoch": r["step"] / steps_per_epoch, "top1": r["eval_top1"]}
+            for r in records
+            if "eval_top1" in r
+        ]
+
+    run = {
         "data": str(path),
         "model": f"PreActResNet-18 {config.model.stage_sizes} width {config.model.base_width}",
         "method": config.mix.method,
@@ -465,11 +475,10 @@ def train_cifar10(settings: Settings, path, scratch: pathlib.Path, clock: Clock,
         "epochs_from_step_ms": None if step_s is None else round(1e3 * step_s, 2),
         "steps_per_epoch": steps_per_epoch,
         "decode_s": round(decode_s, 1),
-        "epoch_top1": [
-            {"epoch": r["step"] / steps_per_epoch, "top1": r["eval_top1"]} for r in evaluations
-        ],
-        "summary": summary,
     }
+    report.progress["training"] = lambda: {**run, "epoch_top1": epoch_top1()}
+    summary = train.train_and_evaluate(config, scratch / "run")
+    return {**run, "epoch_top1": epoch_top1(), "summary": summary}
 
 
 class Skipped(Exception):
@@ -590,7 +599,6 @@ def markdown(report: dict) -> str:
         lines.append("")
     training = parts.get("training", {})
     if training.get("epoch_top1"):
-        summary = training["summary"]
         lines += [
             f"## Training: {training['model']}, {training['method']}, {training['compute_dtype']},"
             f" batch {training['batch_size']}, {training['epochs']} epochs",
@@ -599,8 +607,10 @@ def markdown(report: dict) -> str:
             "|---|---|",
         ]
         lines += [f"| {e['epoch']:g} | {e['top1']:.2f} |" for e in training["epoch_top1"]]
+        lines.append("")
+    if training.get("summary"):
+        summary = training["summary"]
         lines += [
-            "",
             f"Best {summary['best_top1']:.2f}, final {summary['final_top1']:.2f}, "
             f"{summary['images_per_sec']:.0f} images/s, {summary['wall_time_sec']:.0f} s of "
             f"training after {training['decode_s']} s decoding the images.",
@@ -626,6 +636,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--peer", type=pathlib.Path, help="torch_official_step.py")
     parser.add_argument("--budget_s", type=float, default=DEFAULT_BUDGET_S, help="global budget")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
+    parser.add_argument(
+        "--watchdog_grace_s",
+        type=float,
+        default=WATCHDOG_GRACE_S,
+        help="seconds past the global budget before the watchdog ends the process",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.parts.split(",")) - set(PARTS))
     if unknown:
@@ -634,8 +650,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         path = getattr(args, name)
         if path is not None and not path.exists():
             parser.error(f"--{name}: {path} does not exist")
-    if args.budget_s <= 0:
-        parser.error(f"--budget_s must be > 0, got {args.budget_s}")
+    for name in ("budget_s", "watchdog_grace_s"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
     return args
 
 
@@ -645,15 +662,18 @@ def start_watchdog(report: Report, deadline: float, current: list[str]) -> None:
     def watch():
         time.sleep(max(deadline - time.monotonic(), 0.0))
         if current:
+            name, start = current
+            progress = report.progress.get(name, dict)
             report.record(
-                current[0],
+                name,
                 "timed_out",
-                time.monotonic() - current[1],
-                reason=("the global budget ran out inside this part; the process was ended"),
+                time.monotonic() - start,
+                reason="the global budget ran out inside this part; the process was ended",
+                **progress(),
             )
         report.write()
         print(f"device_check: global budget spent; wrote {report.out}", flush=True)
-        os._exit(124)
+        os._exit(WATCHDOG_EXIT_STATUS)
 
     threading.Thread(target=watch, daemon=True).start()
 
@@ -664,7 +684,7 @@ def main(argv=None) -> None:
     report = Report(args.out, args.tiny, args.budget_s)
     global_deadline = report.started + args.budget_s
     current: list = []  # [part name, start time] while a part runs, for the watchdog
-    start_watchdog(report, global_deadline + WATCHDOG_GRACE_S, current)
+    start_watchdog(report, global_deadline + args.watchdog_grace_s, current)
     runners: dict[str, Callable] = {
         "environment": run_environment,
         "numerics": run_numerics,

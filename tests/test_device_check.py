@@ -90,6 +90,19 @@ def test_parts_past_the_global_budget_are_skipped_and_reported(tmp_path):
     assert "| numerics | skipped |" in markdown
 
 
+def test_watchdog_ends_an_overrunning_part_and_still_writes_the_report(tmp_path):
+    write_jpeg_folder(tmp_path / "images")
+    result, report, markdown = run_check(
+        tmp_path / "out",
+        *("--budget_s", "1", "--watchdog_grace_s", "1", "--parts", "environment,training"),
+        *("--data", str(tmp_path / "images")),
+    )
+    assert result.returncode == 3, result.stderr[-3000:]  # the watchdog's exit status
+    assert report["parts"]["environment"]["status"] == "ok"
+    assert report["parts"]["training"]["status"] == "timed_out"
+    assert "| training | timed_out |" in markdown
+
+
 def test_bad_arguments_name_the_flag(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--parts", "numerics,bogus"],
