@@ -5,7 +5,7 @@ accuracy claims there rest on, and writes DIR/device_check.json and DIR/device_c
         --peer torch_official_step.py                 # on a GPU: ends within 8 minutes
     python benchmarks/device_check.py --out DIR --tiny  # on a CPU: small shapes, few steps
 
-Parts, in order, each with its own time budget inside a global one (`--budget_s`, default 450 s):
+Parts, in order, each with its own time budget inside a global one (`--budget_s`, default 420 s):
   environment  the device, the host, and the versions of jax, jaxlib, flax, optax, ott-jax, ...
   numerics     `sinkhorn_plan` and `align_mix` on the device against the float64 NumPy reference
                of tests/test_ot.py, on raw-scale features (unit normal, c = 512, like the CIFAR

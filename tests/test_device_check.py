@@ -10,8 +10,7 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
+from test_without_tensorflow import write_image_folder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "device_check.py"
@@ -22,13 +21,7 @@ TIMEOUT_S = 900
 
 def write_jpeg_folder(root: pathlib.Path) -> None:
     """The CIFAR-10 JPEG layout in small: `{train,test}/{dark,light}/*.jpg`, 32x32 RGB."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 40), ("test", 10)):
-        for label, name in enumerate(("dark", "light")):
-            (root / split / name).mkdir(parents=True)
-            for k in range(count):
-                pixels = rng.integers(0, 100, (32, 32, 3)) + 150 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{k}.jpg")
+    write_image_folder(root, 32, {"train": 40, "test": 10}, "jpg")
 
 
 def run_check(out: pathlib.Path, *args: str) -> tuple[subprocess.CompletedProcess, dict, str]:

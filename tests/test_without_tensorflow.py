@@ -72,19 +72,21 @@ def test_quickstart_trains_without_tensorflow(tmp_path):
     assert list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())  # events written
 
 
-def write_png_folder(root: pathlib.Path) -> None:
-    """`{train,test}/{dark,light}/*.png`: 16x16 RGB images, dark or light with noise."""
+def write_image_folder(root: pathlib.Path, size: int, per_class: dict, suffix: str) -> None:
+    """`{split}/{dark,light}/*.<suffix>`: `per_class[split]` RGB images of `size`x`size` per
+    class, dark or light with noise (the two classes are separable)."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
+    for split, count in per_class.items():
         for label, name in enumerate(("dark", "light")):
             (root / split / name).mkdir(parents=True)
             for k in range(count):
-                pixels = rng.integers(0, 100, (16, 16, 3)) + 150 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{k}.png")
+                pixels = rng.integers(0, 100, (size, size, 3)) + 150 * label
+                image = Image.fromarray(pixels.astype(np.uint8))
+                image.save(root / split / name / f"{k}.{suffix}")
 
 
 def test_image_folder_trains_without_tensorflow(tmp_path):
-    write_png_folder(tmp_path / "images")
+    write_image_folder(tmp_path / "images", 16, {"train": 12, "test": 4}, "png")
     train_without_tensorflow(
         tmp_path / "run",
         "--config.data.name=image_folder",
