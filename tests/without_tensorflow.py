@@ -1,11 +1,12 @@
-"""Runs `python -m MODULE ARGS...` as on a machine where TensorFlow is not installed.
+"""Runs `python -m MODULE ARGS...` or `python -c CODE` as on a machine without TensorFlow.
 
     python tests/without_tensorflow.py alignmix_jax.main --config experiments/quickstart.py ...
+    python tests/without_tensorflow.py -c "import alignmix_jax.train"
 
 Every import finder is wrapped so that it does not find `tensorflow` or its submodules: `import
 tensorflow` raises ModuleNotFoundError and `importlib.util.find_spec("tensorflow")` is None, as
 when the package is absent (libraries that probe for TensorFlow take their no-TensorFlow path).
-Exits with the module's status, or with TENSORFLOW_LOADED_STATUS when a TensorFlow module got
+Exits with the program's status, or with TENSORFLOW_LOADED_STATUS when a TensorFlow module got
 loaded all the same.
 """
 
@@ -36,13 +37,22 @@ def loaded_tensorflow_modules() -> list[str]:
     return sorted(name for name in sys.modules if name.partition(".")[0] == HIDDEN)
 
 
+def run(argv: list[str]) -> None:
+    """`argv` = [MODULE, ARGS...] (as `python -m`) or ["-c", CODE, ARGS...] (as `python -c`)."""
+    if argv[0] == "-c":
+        code, sys.argv = argv[1], ["-c", *argv[2:]]
+        exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+    else:
+        sys.argv = argv
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+
+
 def main() -> int:
-    if len(sys.argv) < 2:
-        raise SystemExit(f"usage: {sys.argv[0]} MODULE [ARGS...]")
+    if len(sys.argv) < 2 or sys.argv[1:] == ["-c"]:
+        raise SystemExit(f"usage: {sys.argv[0]} MODULE [ARGS...] | -c CODE [ARGS...]")
     sys.meta_path[:] = [_HidingFinder(finder) for finder in sys.meta_path]
-    module, sys.argv = sys.argv[1], sys.argv[1:]
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        run(sys.argv[1:])
         status = 0
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
