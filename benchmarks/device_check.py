@@ -367,7 +367,8 @@ def run_train_step(settings: Settings, args, clock: Clock) -> dict:
         "sinkhorn_share_measured_as": (
             "align_mix alone (100 iterations) at the step's feature shape (B, 4, 4, C) in the "
             "compute dtype, times 1 - input_prob (the steps that take the aligned branch), over "
-            "the mean alignmixup step; extra_share is 1 - none / alignmixup mean step times"
+            "the mean alignmixup step; the extra share is 1 - (mean none step) / (mean "
+            "alignmixup step)"
         ),
     }
 
@@ -524,9 +525,10 @@ def markdown(report: dict) -> str:
     environment = parts.get("environment", {})
     if environment.get("status") == "ok":
         versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items())
+        memory = environment["device_memory_gib"]
         lines += [
             f"{environment['device_count']} x {environment['device_kind']} "
-            f"({environment['platform']}, {environment['device_memory_gib']} GiB), "
+            f"({environment['platform']}{'' if memory is None else f', {memory} GiB'}), "
             f"{environment['host_cpus']} host CPUs, Python {environment['python']}; {versions}.",
             "",
         ]
@@ -571,8 +573,9 @@ def markdown(report: dict) -> str:
         lines += [
             f"## Train step, {step['model']} (images/s, mean step; median in brackets)",
             "",
-            "| batch | dtype | none | alignmixup | ratio | align_mix ms | Sinkhorn share |",
-            "|---|---|---|---|---|---|---|",
+            "| batch | dtype | none | alignmixup | ratio | align_mix ms | Sinkhorn share "
+            "| extra share |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in step["rows"]:
             lines.append(
@@ -580,7 +583,7 @@ def markdown(report: dict) -> str:
                 f"| {row['none']['mean']:.0f} ({row['none']['median']:.0f}) "
                 f"| {row['alignmixup']['mean']:.0f} ({row['alignmixup']['median']:.0f}) "
                 f"| {row['ratio_mean']:.3f} | {row['align_mix_ms']:.2f} "
-                f"| {row['sinkhorn_share']:.1%} |"
+                f"| {row['sinkhorn_share']:.1%} | {row['extra_share']:.1%} |"
             )
         lines += ["", f"Sinkhorn share: {step['sinkhorn_share_measured_as']}.", ""]
     peer = parts.get("peer", {})
