@@ -6,20 +6,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= /tmp/alignmix_quickstart
 
-.PHONY: install test lint quickstart bench
+.PHONY: install install-prepare test lint quickstart bench
 
+# Training needs no TensorFlow; preparing tfds datasets (and the tests that do) installs it too.
 $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -e '.[dev]'
 	touch $@
 
+$(VENV)/.installed-prepare: $(VENV)/.installed requirements-prepare.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-prepare.txt
+	touch $@
+
 install: $(VENV)/.installed
+
+install-prepare: $(VENV)/.installed-prepare
 
 lint: install
 	$(PY) -m ruff check alignmix_jax experiments tests benchmarks
 
-test: lint
+test: lint install-prepare
 	$(PY) -m pytest -q tests
 
 quickstart: install
@@ -29,3 +36,4 @@ bench: install
 	$(PY) benchmarks/bench_align_mix.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_input.py
+	$(PY) benchmarks/bench_input_imagenet.py

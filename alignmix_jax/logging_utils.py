@@ -1,18 +1,28 @@
 """Metric writers of a training run: JSON lines, TensorBoard event files and a tqdm progress bar.
 
+The event files are written with the `tensorboard` package's protos and record format alone:
+training never imports TensorFlow, installed or not.
+
 Only host 0 writes; every other host gets a writer that does nothing, so the training loop never
 branches on the host index.
 """
 
+import itertools
 import json
+import os
 import pathlib
+import socket
+import time
 
 import tqdm
 from absl import flags, logging
-from clu import metric_writers
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+_EVENT_FILE_NUMBERS = itertools.count()
 
 
 def quiet_library_logs() -> None:
@@ -29,6 +39,42 @@ def read_metrics(workdir) -> list[dict]:
         return []
     with path.open() as file:
         return [json.loads(line) for line in file if line.strip()]
+
+
+class EventFile:
+    """A new TensorBoard event file in `logdir`, written with plain file I/O.
+
+    (tensorboard's own `EventFileWriter` opens files through `tf.io.gfile`, which imports
+    TensorFlow whenever it is installed.)
+    """
+
+    def __init__(self, logdir):
+        os.makedirs(logdir, exist_ok=True)
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_EVENT_FILE_NUMBERS)}"
+        )
+        self._file = open(os.path.join(logdir, name), "wb")  # closed by close()
+        self._records = RecordWriter(self._file)
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _scalar_event(step: int, scalars: dict[str, float]) -> event_pb2.Event:
+    """One TensorBoard event holding `scalars` at `step`, stored as TF2 scalar summaries (0-d
+    float32 tensors under the "scalars" plugin), built without TensorFlow."""
+    summary = summary_pb2.Summary()
+    for tag, value in scalars.items():
+        summary.value.extend(scalar_summary.scalar_pb(tag, value).value)
+    return event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
 
 
 def truncate_metrics(workdir, last_step: int) -> None:
@@ -73,9 +119,7 @@ class MetricLogger:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard:
-            self._tensorboard = metric_writers.SummaryWriter(
-                str(pathlib.Path(workdir) / TENSORBOARD_DIR)
-            )
+            self._tensorboard = EventFile(pathlib.Path(workdir) / TENSORBOARD_DIR)
         if progress_bar:
             self._bar = tqdm.tqdm(
                 total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
@@ -89,7 +133,8 @@ class MetricLogger:
         with self._path.open("a") as file:
             file.write(json.dumps(record) + "\n")
         if self._tensorboard is not None:
-            self._tensorboard.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
+            scalars = {name: value for name, value in record.items() if name != "step"}
+            self._tensorboard.add_event(_scalar_event(step, scalars))
             self._tensorboard.flush()
 
     def advance(self, step: int, postfix: dict[str, str] | None = None) -> None:

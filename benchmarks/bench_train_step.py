@@ -6,7 +6,7 @@ ratio to `none`, measured in one run. Targets: alignmix >= 0.95x none, alignmixu
 
 Every method is compiled and warmed up (2 steps) first; then `--steps` rounds time one blocked step
 of each method in turn, and each method's median is reported. Prints a Markdown table and one
-JSON line.
+JSON line. `benchmarks/device_check.py` times its cases with the same functions.
 """
 
 from alignmix_jax import runtime
@@ -14,9 +14,13 @@ from alignmix_jax import runtime
 runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
 
 import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -24,6 +28,19 @@ import numpy as np  # noqa: E402
 from alignmix_jax import experiment_config, models, parallel, train  # noqa: E402
 
 WARMUP_STEPS = 2
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCase:
+    """One train step to time: a mixing method on CIFAR PreActResNet-18 at a batch and dtype."""
+
+    method: str
+    batch_size: int = 128
+    compute_dtype: str = "float32"
+    base_width: int = 64
+    stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,24 +48,38 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--base_width", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--compute_dtype", default="float32", choices=tuple(train.COMPUTE_DTYPES))
     parser.add_argument("--methods", default=",".join(experiment_config.METHODS))
     return parser.parse_args()
 
 
-def build_step(method: str, args, mesh, batch):
-    """A compiled, warmed-up train step of `method`: `run() -> seconds` for one blocked step."""
+def synthetic_batch(batch_size: int, mesh) -> dict:
+    """A global CIFAR-shaped batch of normal images and random labels, sharded over `data`."""
+    rng = np.random.default_rng(0)
+    return parallel.shard_host_batch(
+        {
+            "image": rng.normal(size=(batch_size, *IMAGE_SHAPE)).astype(np.float32),
+            "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
+        },
+        mesh,
+    )
+
+
+def build_step(case: StepCase, mesh) -> Callable[[], float]:
+    """A compiled, warmed-up train step of `case`: `run() -> seconds` for one blocked step."""
     config = experiment_config.default_config("cifar10")
-    config.model.base_width = args.base_width
-    config.mix.method = method
+    config.model.base_width = case.base_width
+    config.model.stage_sizes = case.stage_sizes
+    config.mix.method = case.method
     model = models.build_model(
-        config.model, 10, axis_name="data", dtype=train.COMPUTE_DTYPES[args.compute_dtype]
+        config.model, NUM_CLASSES, axis_name="data", dtype=train.COMPUTE_DTYPES[case.compute_dtype]
     )
     learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 390, 390 * 2000)
     optimizer = train.create_optimizer(config.optimizer, learning_rate_fn)
-    state = train.create_train_state(model, optimizer, (32, 32, 3), 0, mesh)
+    state = train.create_train_state(model, optimizer, IMAGE_SHAPE, 0, mesh)
     step = train.make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
     key = parallel.replicate(jax.random.key(0), mesh)
+    batch = synthetic_batch(case.batch_size, mesh)
 
     def run() -> float:
         nonlocal state
@@ -62,30 +93,46 @@ def build_step(method: str, args, mesh, batch):
     return run
 
 
-def time_methods(methods, args, mesh, batch) -> dict[str, float]:
-    """Median images/s per method; the methods' steps are interleaved round by round, so a change
-    in the machine's load during the run affects every method alike."""
-    runs = {method: build_step(method, args, mesh, batch) for method in methods}
-    times = {method: [] for method in methods}
-    for _ in range(args.steps):
-        for method, run in runs.items():
-            times[method].append(run())
-    return {method: args.batch_size / statistics.median(t) for method, t in times.items()}
+def build_steps(cases, mesh, workers: int | None = None) -> dict:
+    """`{case: run}` for every case, built (traced, compiled, warmed up) by `workers` threads:
+    XLA compiles outside Python's lock, so on a many-core host the compilations overlap."""
+    workers = workers or min(len(cases), os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        runs = pool.map(lambda case: build_step(case, mesh), cases)
+        return dict(zip(cases, runs, strict=True))
+
+
+def time_steps(runs: dict, rounds: int) -> dict[object, list[float]]:
+    """Seconds of `rounds` steps of each run; the runs are interleaved round by round, so a change
+    in the machine's load during the measurement affects every case alike."""
+    times = {case: [] for case in runs}
+    for _ in range(rounds):
+        for case, run in runs.items():
+            times[case].append(run())
+    return times
+
+
+def images_per_sec(batch_size: int, seconds: list[float]) -> dict[str, float]:
+    """Throughput from step times: over the median step and over the mean step (the rate a run
+    sustains when step times differ, e.g. alignmixup's input and aligned branches)."""
+    return {
+        "median": batch_size / statistics.median(seconds),
+        "mean": batch_size / statistics.fmean(seconds),
+        "median_ms": 1e3 * statistics.median(seconds),
+        "mean_ms": 1e3 * statistics.fmean(seconds),
+    }
 
 
 def main() -> None:
     args = parse_args()
     mesh = parallel.make_data_mesh()
-    rng = np.random.default_rng(0)
-    batch = parallel.shard_host_batch(
-        {
-            "image": rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
-        },
-        mesh,
-    )
-    methods = args.methods.split(",")
-    rates = time_methods(methods, args, mesh, batch)
+    cases = [
+        StepCase(method, args.batch_size, args.compute_dtype, args.base_width)
+        for method in args.methods.split(",")
+    ]
+    # Built one after another here: the table is also run on small CPU hosts.
+    times = time_steps(build_steps(cases, mesh, workers=1), args.steps)
+    rates = {case.method: images_per_sec(case.batch_size, t)["median"] for case, t in times.items()}
     baseline = rates.get("none")
     print(
         f"\nPreActResNet-18 (width {args.base_width}), batch {args.batch_size}, "

@@ -1,0 +1,735 @@
+"""One prepared command that measures, on one accelerator, everything the project's speed and
+accuracy claims there rest on, and writes DIR/device_check.json and DIR/device_check.md.
+
+    python benchmarks/device_check.py --out DIR --data CIFAR-10-images.tar.gz \
+        --peer torch_official_step.py                 # on a GPU: ends within 8 minutes
+    python benchmarks/device_check.py --out DIR --tiny  # on a CPU: small shapes, few steps
+
+Parts, in order, each with its own time budget inside a global one (`--budget_s`, default 420 s):
+  environment  the device, the host, and the versions of jax, jaxlib, flax, optax, ott-jax, ...
+  numerics     `sinkhorn_plan` and `align_mix` on the device against the float64 NumPy reference
+               of tests/test_ot.py, on raw-scale features (unit normal, c = 512, like the CIFAR
+               PreActResNet-18 map, which has no final BN-ReLU), float32 and bfloat16 features
+  align_mix    `bench_align_mix.bench_shape` at the three paper shapes: 100 fixed iterations,
+               early stopping, and the hand-written floor
+  train_step   `bench_train_step` cases: `none` and `alignmixup`, PreActResNet-18 width 64,
+               batch 128 and 256, float32 and bfloat16; plus `align_mix` alone at the step's
+               feature shape, for the Sinkhorn's share of the alignmixup step
+  peer         the official step re-created in PyTorch (`--peer`), `none` and `alignmixup`, fp32
+               and bf16 autocast, on the same device; skipped when torch is not importable
+  training     CIFAR-10 from `--data` (JPEG archive or folder), full-width PreActResNet-18,
+               AlignMixup, bfloat16, as many epochs as fit in the part's budget (about 3 minutes
+               on a GPU), test top-1 after every epoch; skipped without `--data`
+
+A part that fails or runs out of time is recorded as such and the next one still runs. The two
+files are rewritten after every part, and a watchdog writes them and ends the process when the
+global budget (plus a short grace) is spent, so even a run stuck in compilation reports what it
+measured. Step times are medians and means over interleaved rounds (see bench_train_step).
+"""
+
+from alignmix_jax import runtime
+
+runtime.configure()  # before JAX starts its backend
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import datetime  # noqa: E402
+import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+# The peer (PyTorch) shares the device: keep JAX from preallocating most of its memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
+
+import bench_align_mix  # noqa: E402  (benchmarks/, beside this file)
+import bench_train_step  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from alignmix_jax import (  # noqa: E402
+    align_mix,
+    data,
+    experiment_config,
+    logging_utils,
+    parallel,
+    sinkhorn_plan,
+    train,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE_FILE = REPO / "tests" / "test_ot.py"
+TRAINING_CONFIG = REPO / "experiments" / "cifar10_jpg_short.py"
+JSON_NAME, MARKDOWN_NAME = "device_check.json", "device_check.md"
+DEFAULT_BUDGET_S = 420.0  # + start-up and the watchdog's grace: within 8 minutes
+WATCHDOG_GRACE_S = 20.0
+WATCHDOG_EXIT_STATUS = 3
+EPSILON, NUM_ITERS, THRESHOLD = 0.1, 100, 1e-3
+LAM = 0.3
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "jax-cuda12-plugin",
+    "jax-cuda13-plugin",
+    "libtpu",
+    "flax",
+    "optax",
+    "ott-jax",
+    "orbax-checkpoint",
+    "grain",
+    "ml-collections",
+    "numpy",
+    "torch",
+)
+# Largest error, relative to the largest reference entry, that the numerics part accepts: float32
+# measured about 3e-4 on CPUs; bfloat16 mixed features are rounded to bfloat16 (2^-8 relative).
+TOLERANCE = {"plan": 1e-3, "mixed": {"float32": 1e-3, "bfloat16": 1e-2}}
+# Targets of issue 11 (benchmarks, not tests).
+TARGET_ALIGNMIXUP_TO_NONE = 0.95
+TARGET_ALIGNMIXUP_TO_PEER = 2.0
+TARGET_FIXED_TO_FLOOR = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Shapes, step counts and part budgets: the real check, or `--tiny` for a CPU."""
+
+    numerics_shape: tuple[int, ...]
+    align_mix_shapes: dict[str, tuple[int, ...]]
+    align_mix_repeats: int
+    step_batch_sizes: tuple[int, ...]
+    step_dtypes: tuple[str, ...]
+    step_base_width: int
+    step_stage_sizes: tuple[int, ...]
+    step_rounds: int
+    peer_batch: int
+    peer_steps: int
+    peer_warmup: int
+    training_batch_size: int
+    training_max_epochs: int
+    training_compile_s: float  # set aside from the training budget for compilation
+    budgets_s: dict[str, float]
+
+
+FULL = Settings(
+    numerics_shape=(16, 4, 4, 512),
+    align_mix_shapes=bench_align_mix.PAPER_SHAPES,
+    align_mix_repeats=10,
+    step_batch_sizes=(128, 256),
+    step_dtypes=("float32", "bfloat16"),
+    step_base_width=64,
+    step_stage_sizes=(2, 2, 2, 2),
+    step_rounds=20,
+    peer_batch=128,
+    peer_steps=30,
+    peer_warmup=5,
+    training_batch_size=128,
+    training_max_epochs=200,
+    training_compile_s=45.0,
+    budgets_s={
+        "environment": 15,
+        "numerics": 30,
+        "align_mix": 45,
+        "train_step": 110,
+        "peer": 60,
+        "training": 200,
+    },
+)
+TINY = Settings(
+    numerics_shape=(4, 2, 2, 32),
+    align_mix_shapes={"cifar_preactresnet18": (8, 2, 2, 16)},
+    align_mix_repeats=2,
+    step_batch_sizes=(16,),
+    step_dtypes=("float32",),  # bfloat16 steps run in the training part
+    step_base_width=8,
+    step_stage_sizes=(1, 1, 1, 1),
+    step_rounds=2,
+    peer_batch=16,
+    peer_steps=2,
+    peer_warmup=1,
+    training_batch_size=16,
+    training_max_epochs=2,
+    training_compile_s=0.0,
+    budgets_s={
+        "environment": 30,
+        "numerics": 60,
+        "align_mix": 60,
+        "train_step": 180,
+        "peer": 60,
+        "training": 120,
+    },
+)
+PARTS = tuple(FULL.budgets_s)
+
+
+class Report:
+    """The results so far, written to DIR as JSON and Markdown after every part."""
+
+    def __init__(self, out: pathlib.Path, tiny: bool, budget_s: float):
+        self.out = out
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.data = {
+            "check": "device_check",
+            "tiny": tiny,
+            "budget_s": budget_s,
+            "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "parts": {},
+        }
+        # part -> () -> fields measured so far, which the watchdog records if the part overruns
+        self.progress: dict[str, Callable[[], dict]] = {}
+
+    def record(self, part: str, status: str, seconds: float, **fields) -> None:
+        with self.lock:
+            self.data["parts"][part] = {"status": status, "seconds": round(seconds, 1), **fields}
+
+    def write(self) -> None:
+        with self.lock:
+            self.data["wall_s"] = round(time.monotonic() - self.started, 1)
+            self.data["targets"] = targets(self.data["parts"])
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / JSON_NAME).write_text(json.dumps(self.data, indent=2, default=float))
+            (self.out / MARKDOWN_NAME).write_text(markdown(self.data))
+
+
+class Clock:
+    """The time left to a part: its own budget, capped by what is left of the global one."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def run_environment(settings: Settings, args, clock: Clock) -> dict:
+    devices = jax.devices()
+    versions = {}
+    for package in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    memory = devices[0].memory_stats() or {}
+    return {
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "device_memory_gib": round(memory["bytes_limit"] / 2**30, 1)
+        if "bytes_limit" in memory
+        else None,
+        "host_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def load_reference():
+    """The float64 NumPy Sinkhorn of tests/test_ot.py (`reference_plans`)."""
+    spec = importlib.util.spec_from_file_location("_test_ot_reference", REFERENCE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_plans
+
+
+def raw_features(shape, seed: int) -> jax.Array:
+    """Unit-normal features: the raw scale of the CIFAR PreActResNet-18 last map."""
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def numerics_case(reference_plans, a, b) -> dict:
+    """Largest errors of `sinkhorn_plan` and `align_mix` (both directions) on `a`, `b`
+    `(B, H, W, C)` against float64 on the same (rounded) values."""
+    batch, channels = a.shape[0], a.shape[-1]
+    a64 = np.asarray(a.astype(jnp.float32), np.float64).reshape(batch, -1, channels)
+    b64 = np.asarray(b.astype(jnp.float32), np.float64).reshape(batch, -1, channels)
+    r = a64.shape[1]
+    expected_plan = reference_plans(a64, b64, EPSILON, NUM_ITERS)
+    rows = r * expected_plan
+    expected_mixed = {
+        0: LAM * a64 + (1 - LAM) * rows @ b64,
+        1: LAM * np.swapaxes(rows, 1, 2) @ a64 + (1 - LAM) * b64,
+    }
+    tokens = (a.reshape(batch, r, channels), b.reshape(batch, r, channels))
+    plan = np.asarray(jax.jit(sinkhorn_plan)(*tokens), np.float64)
+    result = {
+        "plan_error": float(np.abs(plan - expected_plan).max() / expected_plan.max()),
+        "row_marginal_error": float(np.abs(r * plan.sum(-1) - 1).max()),
+    }
+    for direction, expected in expected_mixed.items():
+        mix = jax.jit(lambda x, y, d=direction: align_mix(x, y, LAM, direction=d))
+        mixed = np.asarray(mix(a, b).astype(jnp.float32), np.float64).reshape(expected.shape)
+        error = np.abs(mixed - expected).max() / np.abs(expected).max()
+        result[f"mixed_error_direction{direction}"] = float(error)
+    return result
+
+
+def run_numerics(settings: Settings, args, clock: Clock) -> dict:
+    reference_plans = load_reference()
+    a = raw_features(settings.numerics_shape, 1)
+    b = raw_features(settings.numerics_shape, 2)
+    cases = {}
+    for dtype in ("float32", "bfloat16"):
+        case = numerics_case(reference_plans, a.astype(dtype), b.astype(dtype))
+        mixed_tolerance = TOLERANCE["mixed"][dtype]
+        case["within_tolerance"] = case["plan_error"] <= TOLERANCE["plan"] and all(
+            case[f"mixed_error_direction{d}"] <= mixed_tolerance for d in (0, 1)
+        )
+        cases[dtype] = case
+    return {
+        "shape": list(settings.numerics_shape),
+        "epsilon": EPSILON,
+        "num_iters": NUM_ITERS,
+        "tolerance": TOLERANCE,
+        "cases": cases,
+    }
+
+
+def run_align_mix(settings: Settings, args, clock: Clock) -> dict:
+    shapes = {}
+    for name, shape in settings.align_mix_shapes.items():
+        if clock.left() <= 0:
+            return {"shapes": shapes, "incomplete": "out of time"}
+        row = bench_align_mix.bench_shape(shape, NUM_ITERS, THRESHOLD, settings.align_mix_repeats)
+        row["ratio_fixed_to_floor"] = row["fixed_ms"] / row["floor_ms"]
+        shapes[name] = {"shape": list(shape), **row}
+    return {"num_iters": NUM_ITERS, "threshold": THRESHOLD, "shapes": shapes}
+
+
+def align_mix_ms(shape, dtype: str, repeats: int) -> float:
+    """Median ms of the jitted `align_mix` (100 fixed iterations) on `shape` features."""
+    a = raw_features(shape, 1).astype(dtype)
+    b = raw_features(shape, 2).astype(dtype)
+    mix = jax.jit(lambda x, y: align_mix(x, y, LAM, direction=0, num_iters=NUM_ITERS))
+    return 1e3 * bench_align_mix.median_seconds(mix, (a, b), repeats)
+
+
+def run_train_step(settings: Settings, args, clock: Clock) -> dict:
+    mesh = parallel.make_data_mesh(jax.devices()[:1])
+    cases = [
+        bench_train_step.StepCase(
+            method, batch, dtype, settings.step_base_width, settings.step_stage_sizes
+        )
+        for batch in settings.step_batch_sizes
+        for dtype in settings.step_dtypes
+        for method in ("none", "alignmixup")
+    ]
+    start = time.monotonic()
+    runs = bench_train_step.build_steps(cases, mesh)
+    build_s = time.monotonic() - start
+    times = bench_train_step.time_steps(runs, settings.step_rounds)
+    input_prob = experiment_config.default_config("cifar10").mix.input_prob
+    feature_channels = 8 * settings.step_base_width  # the last stage's width
+    rows = []
+    for batch in settings.step_batch_sizes:
+        for dtype in settings.step_dtypes:
+            rates = {
+                case.method: bench_train_step.images_per_sec(batch, seconds)
+                for case, seconds in times.items()
+                if (case.batch_size, case.compute_dtype) == (batch, dtype)
+            }
+            none, mixup = rates["none"], rates["alignmixup"]
+            sinkhorn_ms = align_mix_ms(
+                (batch, 4, 4, feature_channels), dtype, settings.align_mix_repeats
+            )
+            rows.append(
+                {
+                    "batch_size": batch,
+                    "compute_dtype": dtype,
+                    "none": none,
+                    "alignmixup": mixup,
+                    "ratio_mean": mixup["mean"] / none["mean"],
+                    "ratio_median": mixup["median"] / none["median"],
+                    "align_mix_ms": sinkhorn_ms,
+                    # align_mix runs on the steps whose coin picks aligned mixup (1 - input_prob).
+                    "sinkhorn_share": (1 - input_prob) * sinkhorn_ms / mixup["mean_ms"],
+                    "extra_share": 1 - none["mean_ms"] / mixup["mean_ms"],
+                }
+            )
+    return {
+        "model": f"PreActResNet-18 {settings.step_stage_sizes} width {settings.step_base_width}",
+        "rounds": settings.step_rounds,
+        "build_s": round(build_s, 1),
+        "rows": rows,
+        "sinkhorn_share_measured_as": (
+            "align_mix alone (100 iterations) at the step's feature shape (B, 4, 4, C) in the "
+            "compute dtype, times 1 - input_prob (the steps that take the aligned branch), over "
+            "the mean alignmixup step; the extra share is 1 - (mean none step) / (mean "
+            "alignmixup step)"
+        ),
+    }
+
+
+PEER_MODES = ("none", "alignmixup")
+PEER_PRECISIONS = {"none": "float32", "bf16": "bfloat16"}  # --amp -> our compute dtype
+
+
+def parse_peer_line(output: str) -> dict:
+    """The peer's `peer=torch mode=... img_per_s=... med_ms=...` line as a dict (numbers as
+    floats)."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("peer="):
+            fields = dict(token.split("=", 1) for token in line.split())
+            for name in ("img_per_s", "med_ms", "align_frac", "batch"):
+                fields[name] = float(fields[name])
+            return fields
+    raise RuntimeError(f"the peer printed no 'peer=' line:\n{output[-2000:]}")
+
+
+def run_peer(settings: Settings, args, clock: Clock) -> dict:
+    if args.peer is None:
+        raise Skipped("no --peer given (the PyTorch re-creation of the official step)")
+    device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+    runs = []
+    for amp in PEER_PRECISIONS:
+        for mode in PEER_MODES:
+            if clock.left() <= 0:
+                return {"device": device, "runs": runs, "incomplete": "out of time"}
+            command = [sys.executable, str(args.peer), "--device", device, "--mode", mode]
+            command += ["--amp", amp, "--batch", str(settings.peer_batch)]
+            command += ["--steps", str(settings.peer_steps), "--warmup", str(settings.peer_warmup)]
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=max(clock.left(), 1.0)
+            )
+            if result.returncode != 0:
+                if "No module named 'torch'" in result.stderr:
+                    raise Skipped(f"torch is not importable by {sys.executable}")
+                raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+            runs.append(parse_peer_line(result.stdout))
+    return {"device": device, "runs": runs}
+
+
+def training_epochs(settings: Settings, steps_per_epoch: int, seconds: float, step_s) -> int:
+    """Epochs that fit in `seconds` at `step_s` per step (50% more for evaluation, input and
+    logging), at least 1, at most the settings' cap; 1 when no step time was measured."""
+    if step_s is None:
+        return 1
+    epochs = math.floor(seconds / (1.5 * steps_per_epoch * step_s))
+    return max(1, min(settings.training_max_epochs, epochs))
+
+
+def measured_step_s(report: Report, batch: int, dtype: str) -> float | None:
+    """Mean seconds of the alignmixup step at `batch` from the train_step part, in `dtype` when
+    measured, else in another dtype; None when the part measured no step at `batch`."""
+    rows = report.data["parts"].get("train_step", {}).get("rows", [])
+    rows = sorted(
+        (row for row in rows if row["batch_size"] == batch),
+        key=lambda row: row["compute_dtype"] != dtype,
+    )
+    return rows[0]["alignmixup"]["mean_ms"] / 1e3 if rows else None
+
+
+def run_training(settings: Settings, args, clock: Clock, report: Report) -> dict:
+    if args.data is None:
+        raise Skipped("no --data given (the CIFAR-10 JPEG archive or folder)")
+    with tempfile.TemporaryDirectory(prefix="device_check_training_") as scratch:
+        return train_cifar10(settings, args.data, pathlib.Path(scratch), clock, report)
+
+
+def train_cifar10(settings: Settings, path, scratch: pathlib.Path, clock: Clock, report) -> dict:
+    """AlignMixup in bfloat16 on the CIFAR-10 images at `path` for the epochs that fit."""
+    config = experiment_config.load_config(str(TRAINING_CONFIG))
+    config.data.path = str(pathlib.Path(path).resolve())
+    config.data.cache_dir = str(scratch / "cache")
+    config.model.base_width = settings.step_base_width
+    config.model.stage_sizes = settings.step_stage_sizes
+    config.compute_dtype = "bfloat16"
+    config.mix.method = "alignmixup"
+    config.batch_size = settings.training_batch_size
+    config.progress_bar = False
+    start = time.monotonic()
+    steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)  # decodes the images
+    decode_s = time.monotonic() - start
+    step_s = measured_step_s(report, config.batch_size, config.compute_dtype)
+    seconds = clock.left() - settings.training_compile_s
+    config.num_epochs = training_epochs(settings, steps_per_epoch, seconds, step_s)
+    config.checkpoint_every_steps = config.num_epochs * steps_per_epoch
+
+    def epoch_top1() -> list[dict]:
+        records = logging_utils.read_metrics(scratch / "run")
+        return [
+            {"epoch": r["step"] / steps_per_epoch, "top1": r["eval_top1"]}
+            for r in records
+            if "eval_top1" in r
+        ]
+
+    run = {
+        "data": str(path),
+        "model": f"PreActResNet-18 {config.model.stage_sizes} width {config.model.base_width}",
+        "method": config.mix.method,
+        "compute_dtype": config.compute_dtype,
+        "batch_size": config.batch_size,
+        "epochs": config.num_epochs,
+        "epochs_from_step_ms": None if step_s is None else round(1e3 * step_s, 2),
+        "steps_per_epoch": steps_per_epoch,
+        "decode_s": round(decode_s, 1),
+    }
+    report.progress["training"] = lambda: {**run, "epoch_top1": epoch_top1()}
+    summary = train.train_and_evaluate(config, scratch / "run")
+    return {**run, "epoch_top1": epoch_top1(), "summary": summary}
+
+
+class Skipped(Exception):
+    """A part that cannot run here (no data, no peer, no torch): recorded as skipped."""
+
+
+# ----------------------------------------------------------------------------- targets, Markdown
+
+
+def targets(parts: dict) -> dict:
+    """Each target of issue 11 that the parts measured: the value and whether it is met."""
+    found = {}
+    rows = parts.get("train_step", {}).get("rows", [])
+    for row in rows:  # at the first batch size: 128 (the paper's), or --tiny's
+        if row["batch_size"] == rows[0]["batch_size"]:
+            name = f"alignmixup_to_none_{row['compute_dtype']}_batch{row['batch_size']}"
+            found[name] = target(row["ratio_mean"], TARGET_ALIGNMIXUP_TO_NONE)
+    ours = {(row["compute_dtype"], row["batch_size"]): row["alignmixup"]["median"] for row in rows}
+    for run in parts.get("peer", {}).get("runs", []):
+        key = (PEER_PRECISIONS[run["amp"]], int(run["batch"]))
+        if run["mode"] == "alignmixup" and key in ours:
+            ratio = ours[key] / run["img_per_s"]
+            found[f"alignmixup_to_peer_{key[0]}"] = target(ratio, TARGET_ALIGNMIXUP_TO_PEER)
+    for name, row in parts.get("align_mix", {}).get("shapes", {}).items():
+        if name == "cifar_preactresnet18":
+            found["align_mix_fixed_to_floor_cifar"] = target(
+                row["ratio_fixed_to_floor"], TARGET_FIXED_TO_FLOOR, higher_is_better=False
+            )
+    for dtype, case in parts.get("numerics", {}).get("cases", {}).items():
+        found[f"numerics_{dtype}"] = {"met": case["within_tolerance"]}
+    return found
+
+
+def target(value: float, bound: float, higher_is_better: bool = True) -> dict:
+    met = value >= bound if higher_is_better else value <= bound
+    return {"value": round(value, 3), "bound": bound, "met": bool(met)}
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: a status line per part, then a table per measured part."""
+    parts = report["parts"]
+    lines = [f"# device_check{' (--tiny)' if report['tiny'] else ''}", ""]
+    environment = parts.get("environment", {})
+    if environment.get("status") == "ok":
+        versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items())
+        memory = environment["device_memory_gib"]
+        lines += [
+            f"{environment['device_count']} x {environment['device_kind']} "
+            f"({environment['platform']}{'' if memory is None else f', {memory} GiB'}), "
+            f"{environment['host_cpus']} host CPUs, Python {environment['python']}; {versions}.",
+            "",
+        ]
+    lines += ["| part | status | seconds | note |", "|---|---|---|---|"]
+    for name in PARTS:
+        part = parts.get(name, {"status": "not run", "seconds": 0})
+        note = part.get("reason") or part.get("incomplete") or ""
+        lines.append(f"| {name} | {part['status']} | {part['seconds']} | {note} |")
+    lines.append("")
+    numerics = parts.get("numerics", {})
+    if "cases" in numerics:
+        lines += [
+            f"## Numerics against float64 ({numerics['shape']}, eps {EPSILON}, {NUM_ITERS} "
+            "iterations; errors relative to the largest reference entry)",
+            "",
+            "| features | plan | align_mix dir 0 | align_mix dir 1 | within tolerance |",
+            "|---|---|---|---|---|",
+        ]
+        for dtype, case in numerics["cases"].items():
+            lines.append(
+                f"| {dtype} | {case['plan_error']:.2e} | {case['mixed_error_direction0']:.2e} "
+                f"| {case['mixed_error_direction1']:.2e} | {case['within_tolerance']} |"
+            )
+        lines.append("")
+    shapes = parts.get("align_mix", {}).get("shapes", {})
+    if shapes:
+        lines += [
+            "## align_mix (median ms)",
+            "",
+            "| case | features | fixed 100 | early stop | floor | fixed / floor |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in shapes.items():
+            lines.append(
+                f"| {name} | {tuple(row['shape'])} | {row['fixed_ms']:.2f} "
+                f"| {row['early_stop_ms']:.2f} | {row['floor_ms']:.2f} "
+                f"| {row['ratio_fixed_to_floor']:.2f} |"
+            )
+        lines.append("")
+    step = parts.get("train_step", {})
+    if step.get("rows"):
+        lines += [
+            f"## Train step, {step['model']} (images/s, mean step; median in brackets)",
+            "",
+            "| batch | dtype | none | alignmixup | ratio | align_mix ms | Sinkhorn share "
+            "| extra share |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in step["rows"]:
+            lines.append(
+                f"| {row['batch_size']} | {row['compute_dtype']} "
+                f"| {row['none']['mean']:.0f} ({row['none']['median']:.0f}) "
+                f"| {row['alignmixup']['mean']:.0f} ({row['alignmixup']['median']:.0f}) "
+                f"| {row['ratio_mean']:.3f} | {row['align_mix_ms']:.2f} "
+                f"| {row['sinkhorn_share']:.1%} | {row['extra_share']:.1%} |"
+            )
+        lines += ["", f"Sinkhorn share: {step['sinkhorn_share_measured_as']}.", ""]
+    peer = parts.get("peer", {})
+    if peer.get("runs"):
+        lines += [
+            f"## Peer: the official step in PyTorch ({peer['device']}, median step)",
+            "",
+            "| mode | amp | images/s | median ms | aligned fraction |",
+            "|---|---|---|---|---|",
+        ]
+        for run in peer["runs"]:
+            lines.append(
+                f"| {run['mode']} | {run['amp']} | {run['img_per_s']:.0f} | {run['med_ms']:.2f} "
+                f"| {run['align_frac']:.2f} |"
+            )
+        lines.append("")
+    training = parts.get("training", {})
+    if training.get("epoch_top1"):
+        lines += [
+            f"## Training: {training['model']}, {training['method']}, {training['compute_dtype']},"
+            f" batch {training['batch_size']}, {training['epochs']} epochs",
+            "",
+            "| epoch | test top-1 |",
+            "|---|---|",
+        ]
+        lines += [f"| {e['epoch']:g} | {e['top1']:.2f} |" for e in training["epoch_top1"]]
+        lines.append("")
+    if training.get("summary"):
+        summary = training["summary"]
+        lines += [
+            f"Best {summary['best_top1']:.2f}, final {summary['final_top1']:.2f}, "
+            f"{summary['images_per_sec']:.0f} images/s, {summary['wall_time_sec']:.0f} s of "
+            f"training after {training['decode_s']} s decoding the images.",
+            "",
+        ]
+    if report.get("targets"):
+        lines += ["## Targets", "", "| target | value | bound | met |", "|---|---|---|---|"]
+        for name, found in report["targets"].items():
+            value, bound = found.get("value", ""), found.get("bound", "")
+            lines.append(f"| {name} | {value} | {bound} | {found['met']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="folder for the results")
+    parser.add_argument("--tiny", action="store_true", help="small shapes and steps, for a CPU")
+    parser.add_argument("--data", type=pathlib.Path, help="CIFAR-10 JPEG archive or folder")
+    parser.add_argument("--peer", type=pathlib.Path, help="torch_official_step.py")
+    parser.add_argument("--budget_s", type=float, default=DEFAULT_BUDGET_S, help="global budget")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
+    parser.add_argument(
+        "--watchdog_grace_s",
+        type=float,
+        default=WATCHDOG_GRACE_S,
+        help="seconds past the global budget before the watchdog ends the process",
+    )
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.parts.split(",")) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {unknown}; expected among {list(PARTS)}")
+    for name in ("data", "peer"):
+        path = getattr(args, name)
+        if path is not None and not path.exists():
+            parser.error(f"--{name}: {path} does not exist")
+    for name in ("budget_s", "watchdog_grace_s"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    return args
+
+
+def start_watchdog(report: Report, deadline: float, current: list[str]) -> None:
+    """Writes the report and ends the process if it is still running at `deadline`."""
+
+    def watch():
+        time.sleep(max(deadline - time.monotonic(), 0.0))
+        if current:
+            name, start = current
+            progress = report.progress.get(name, dict)
+            report.record(
+                name,
+                "timed_out",
+                time.monotonic() - start,
+                reason="the global budget ran out inside this part; the process was ended",
+                **progress(),
+            )
+        report.write()
+        print(f"device_check: global budget spent; wrote {report.out}", flush=True)
+        os._exit(WATCHDOG_EXIT_STATUS)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    settings = TINY if args.tiny else FULL
+    report = Report(args.out, args.tiny, args.budget_s)
+    global_deadline = report.started + args.budget_s
+    current: list = []  # [part name, start time] while a part runs, for the watchdog
+    start_watchdog(report, global_deadline + args.watchdog_grace_s, current)
+    runners: dict[str, Callable] = {
+        "environment": run_environment,
+        "numerics": run_numerics,
+        "align_mix": run_align_mix,
+        "train_step": run_train_step,
+        "peer": run_peer,
+        "training": lambda s, a, c: run_training(s, a, c, report),
+    }
+    selected = args.parts.split(",")
+    for name in PARTS:
+        if name not in selected:
+            continue
+        start = time.monotonic()
+        clock = Clock(min(start + settings.budgets_s[name], global_deadline))
+        if clock.left() <= 0:
+            report.record(name, "skipped", 0.0, reason="the global budget was spent")
+            report.write()
+            continue
+        current[:] = [name, start]
+        print(f"device_check: {name} (budget {clock.left():.0f} s)", flush=True)
+        try:
+            result = runners[name](settings, args, clock)
+            status = "incomplete" if "incomplete" in result else "ok"
+            if clock.left() < 0:
+                result["over_budget_s"] = round(-clock.left(), 1)
+            report.record(name, status, time.monotonic() - start, **result)
+        except Skipped as skipped:
+            report.record(name, "skipped", time.monotonic() - start, reason=str(skipped))
+        except Exception as error:  # noqa: BLE001 -- recorded, and the next part runs
+            report.record(
+                name,
+                "failed",
+                time.monotonic() - start,
+                reason=f"{type(error).__name__}: {error}"[:500],
+                traceback=traceback.format_exc()[-4000:],
+            )
+        current.clear()
+        report.write()
+        print(f"device_check: {name} {report.data['parts'][name]['status']}", flush=True)
+    print(markdown(report.data))
+    print(json.dumps({"device_check": str(args.out / JSON_NAME), **report.data["targets"]}))
+
+
+if __name__ == "__main__":
+    main()

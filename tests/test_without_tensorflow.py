@@ -1,0 +1,93 @@
+"""Training, evaluation and visualisation run where TensorFlow cannot be imported.
+
+TensorFlow is only needed to prepare a tfds dataset (the `prepare` extra). Each run here is a
+`python -m alignmix_jax.<cli>` process started through `without_tensorflow.py`, which hides the
+package from every import finder and fails the run if a TensorFlow module is loaded anyway.
+Reading a prepared tfds dataset without TensorFlow is tested with the data pipeline (test_data.py).
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from alignmix_jax import logging_utils
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUNNER = REPO / "tests" / "without_tensorflow.py"
+SMOKE = ["--config", "experiments/quickstart.py:smoke", "--config.progress_bar=False"]
+TIMEOUT_S = 600
+
+
+def run_without_tensorflow(*argv: str) -> str:
+    """Runs `python -m MODULE ARGS` (or `-c CODE`) with TensorFlow hidden; returns its output,
+    fails on error."""
+    result = subprocess.run(
+        [sys.executable, str(RUNNER), *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"{argv} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def train_without_tensorflow(workdir, *overrides: str) -> dict:
+    run_without_tensorflow("alignmix_jax.main", *SMOKE, f"--workdir={workdir}", *overrides)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0.0 <= summary["final_top1"] <= 100.0
+    return summary
+
+
+def test_tensorflow_is_absent_and_every_module_imports():
+    """The runner makes TensorFlow look uninstalled, and every alignmix_jax module (evaluation
+    and visualisation included) imports without it."""
+    probe = (
+        "import importlib, importlib.util, pkgutil\n"
+        "import alignmix_jax\n"
+        "assert importlib.util.find_spec('tensorflow') is None\n"
+        "try:\n    import tensorflow\nexcept ModuleNotFoundError:\n    pass\n"
+        "else:\n    raise AssertionError('tensorflow imported')\n"
+        "names = [m.name for m in pkgutil.walk_packages(alignmix_jax.__path__, 'alignmix_jax.')]\n"
+        "for name in names:\n    importlib.import_module(name)\n"
+        "print(*names)\n"
+    )
+    output = run_without_tensorflow("-c", probe)
+    imported = set(output.split())
+    assert {"alignmix_jax.evaluate", "alignmix_jax.visualize", "alignmix_jax.train"} <= imported
+    assert "alignmix_jax.data.tiny_imagenet" in imported  # a tfds builder, defined without TF
+
+
+def test_quickstart_trains_without_tensorflow(tmp_path):
+    summary = train_without_tensorflow(tmp_path)
+    records = [r for r in logging_utils.read_metrics(tmp_path) if "eval_top1" in r]
+    assert [r["eval_top1"] for r in records] == [summary["final_top1"]]
+    assert list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())  # events written
+
+
+def write_image_folder(root: pathlib.Path, size: int, per_class: dict, suffix: str) -> None:
+    """`{split}/{dark,light}/*.<suffix>`: `per_class[split]` RGB images of `size`x`size` per
+    class, dark or light with noise (the two classes are separable)."""
+    rng = np.random.default_rng(0)
+    for split, count in per_class.items():
+        for label, name in enumerate(("dark", "light")):
+            (root / split / name).mkdir(parents=True)
+            for k in range(count):
+                pixels = rng.integers(0, 100, (size, size, 3)) + 150 * label
+                image = Image.fromarray(pixels.astype(np.uint8))
+                image.save(root / split / name / f"{k}.{suffix}")
+
+
+def test_image_folder_trains_without_tensorflow(tmp_path):
+    write_image_folder(tmp_path / "images", 16, {"train": 12, "test": 4}, "png")
+    train_without_tensorflow(
+        tmp_path / "run",
+        "--config.data.name=image_folder",
+        f"--config.data.path={tmp_path / 'images'}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        "--config.data.image_size=16",
+    )
