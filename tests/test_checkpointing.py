@@ -22,6 +22,7 @@ from alignmix_jax import (
     logging_utils,
     models,
     parallel,
+    run_summary,
     train,
 )
 
@@ -252,7 +253,8 @@ def eight_device_run(tmp_path_factory):
     assert all(len(leaf.sharding.device_set) == 8 for leaf in jax.tree.leaves(state))
     checkpointing.save_config(config, workdir)
     checkpointer = checkpointing.RunCheckpointer(workdir)
-    meta = {"best_top1": 10.0, "best_top5": 50.0, "best_step": SAVED_STEP, "last_eval": None}
+    meta = run_summary.new_meta()
+    run_summary.record_eval(meta, SAVED_STEP, {"test": {"top1": 10.0, "top5": 50.0}}, keep=10)
     checkpointer.save(SAVED_STEP, state, meta)
     checkpointer.save_best(SAVED_STEP, state.params, state.batch_stats, {"top1": 10.0})
     checkpointer.close()
