@@ -4,7 +4,7 @@ The core functions are exported here; the subpackages are imported as modules
 (`from alignmix_jax import models`).
 """
 
-from alignmix_jax.mixing import (
+from alignmix_jax.core.mixing import (
     cutmix,
     mix_labels,
     mixed_cross_entropy,
@@ -13,7 +13,7 @@ from alignmix_jax.mixing import (
     sample_lam,
     spectral_residual_saliency,
 )
-from alignmix_jax.ot import align, align_mix, sinkhorn_plan
+from alignmix_jax.core.ot import align, align_mix, sinkhorn_plan
 
 __version__ = "0.1.0"
 

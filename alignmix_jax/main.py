@@ -13,29 +13,19 @@ config it refuses (listing the changes) unless `--accept_config_changes` is give
 signal number; a NaN or infinite loss stops the run naming the step (exit status 1).
 """
 
-from alignmix_jax import runtime
+import jax
+from absl import flags
 
-runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
-
-import signal  # noqa: E402
-import sys  # noqa: E402
-
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from alignmix_jax import experiment_config, logging_utils, train  # noqa: E402
+from alignmix_jax import cli
+from alignmix_jax.trainer import experiment_config, train
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """--config (ml_collections config file with `--config.<field>=` overrides) and --workdir."""
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Experiment config file, optionally with an argument: path.py[:smoke].",
-        lock_config=True,
+    """--config (an experiment file, `path.py[:argument]`), --workdir, --accept_config_changes."""
+    flags.DEFINE_string(
+        "config", None, "Experiment config file, optionally with an argument: path.py[:smoke]."
     )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
     flags.DEFINE_bool(
@@ -65,51 +55,20 @@ def initialize_distributed(config) -> None:
         ) from error
 
 
-def main(argv: list[str]) -> None:
-    """Entry point after flag parsing: optional multi-host set-up, then train_and_evaluate."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging_utils.quiet_library_logs()
-    config = FLAGS.config
-    try:
-        if config.distributed:
-            initialize_distributed(config)
-        experiment_config.validate_config(config, jax.device_count(), jax.process_count())
-        train.train_and_evaluate(
-            config, FLAGS.workdir, accept_config_changes=FLAGS.accept_config_changes
-        )
-    except train.RunInterrupted as stop:
-        print(stop, file=sys.stderr, flush=True)
-        sys.exit(128 + signal.Signals[stop.signal_name].value)
-    except (ValueError, train.TrainingDivergedError) as error:
-        if FLAGS["verbosity"].present:
-            raise
-        sys.exit(f"error: {error}")
-
-
-def _config_spec(argv: list[str]) -> str | None:
-    """The value of `--config=SPEC` or `--config SPEC` in `argv`, else None."""
-    for index, argument in enumerate(argv):
-        if argument.startswith("--config="):
-            return argument.split("=", 1)[1]
-        if argument == "--config" and index + 1 < len(argv):
-            return argv[index + 1]
-    return None
-
-
-def run() -> None:
-    """Checks `--config.*` override names against the config file, then runs absl's app."""
-    config_spec = _config_spec(sys.argv[1:])
-    if config_spec is not None:
-        try:
-            experiment_config.check_override_fields(
-                experiment_config.load_config(config_spec), sys.argv[1:]
-            )
-        except ValueError as error:
-            sys.exit(f"error: {error}")
-    define_flags()
-    app.run(main)
+def train_command(overrides: dict[str, str]) -> None:
+    """Loads --config with its overrides, checks it, sets up several hosts when asked, trains."""
+    config = experiment_config.apply_overrides(
+        experiment_config.load_config(FLAGS.config), overrides
+    )
+    experiment_config.validate_config(config, num_devices=1)  # fields first, before any set-up
+    if config.distributed:
+        initialize_distributed(config)
+    experiment_config.validate_config(config, jax.device_count(), jax.process_count())
+    train.train_and_evaluate(
+        config, FLAGS.workdir, accept_config_changes=FLAGS.accept_config_changes
+    )
 
 
 if __name__ == "__main__":
-    run()
+    define_flags()
+    cli.run(train_command)

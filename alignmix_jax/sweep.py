@@ -17,25 +17,19 @@ DIR/results.md, per point and metric the mean, standard deviation and 95% confid
 (Student t) over the seeds.
 """
 
-from alignmix_jax import runtime
+import csv
+import json
+import pathlib
+import re
+import shlex
+from collections.abc import Callable
 
-runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
+import ml_collections
+import numpy as np
+from absl import flags
 
-import copy  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from alignmix_jax import experiment_config, logging_utils  # noqa: E402
+from alignmix_jax import cli
+from alignmix_jax.trainer import experiment_config
 
 FLAGS = flags.FLAGS
 
@@ -71,21 +65,6 @@ def point_name(index: int, overrides: dict) -> str:
     return f"{index:02d}_" + re.sub(r"[^A-Za-z0-9=.,+_-]+", "-", text).strip("-")
 
 
-def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: dict
-) -> ml_collections.ConfigDict:
-    """Returns a locked copy of `config` with dotted `overrides` applied; unknown or mistyped
-    fields -> ValueError naming `config.<field>`."""
-    config = copy.deepcopy(config)
-    config.lock()
-    for key, value in overrides.items():
-        try:
-            config.update_from_flattened_dict({key: value})
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"sweep override config.{key} = {value!r}: {error}") from error
-    return config
-
-
 def sweep_seeds(module, base: ml_collections.ConfigDict, num_seeds: int | None) -> list[int]:
     """The seeds every point runs with: 0..num_seeds-1, else the module's `get_seeds()`, else
     the base config's seed."""
@@ -111,7 +90,7 @@ def sweep_runs(module, argument: str | None, num_seeds: int | None = None):
     points = [(point_name(index, overrides), overrides) for index, overrides in enumerate(sweep)]
     return [
         (pathlib.Path(name) / f"seed{seed}", name, seed, overrides,
-         apply_overrides(base, {**overrides, "seed": seed}))
+         experiment_config.apply_overrides(base, {**overrides, "seed": seed}))
         for seed in sweep_seeds(module, base, num_seeds)
         for name, overrides in points
     ]
@@ -127,7 +106,7 @@ def training_command(config_spec: str, workdir: pathlib.Path, overrides: dict) -
 
 def read_summary(run_dir: pathlib.Path) -> dict | None:
     """The summary.json of a finished run, or None."""
-    from alignmix_jax.train import SUMMARY_FILE
+    from alignmix_jax.trainer.train import SUMMARY_FILE
 
     path = run_dir / SUMMARY_FILE
     return json.loads(path.read_text()) if path.exists() else None
@@ -191,7 +170,7 @@ def run_sweep(
       One row per finished run: RESULT_COLUMNS (accuracies in %).
     """
     if train_fn is None:
-        from alignmix_jax.train import train_and_evaluate as train_fn
+        from alignmix_jax.trainer.train import train_and_evaluate as train_fn
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     module, argument = experiment_config.load_config_module(
@@ -230,27 +209,21 @@ def print_commands(config_spec: str, workdir, num_seeds: int | None = None) -> l
     return commands
 
 
-def main(argv: list[str]) -> None:
-    """Entry point after flag parsing."""
-    from alignmix_jax import train
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging_utils.quiet_library_logs()
-    try:
-        if FLAGS.print_commands:
-            print_commands(FLAGS.config, FLAGS.workdir, FLAGS.seeds)
-        else:
-            rows = run_sweep(FLAGS.config, FLAGS.workdir, num_seeds=FLAGS.seeds)
-            print((pathlib.Path(FLAGS.workdir) / "results.md").read_text())
-            print(f"[sweep] {len(rows)} runs; results in {FLAGS.workdir}/results.csv")
-    except train.RunInterrupted as stop:
-        print(f"[sweep] {stop}", file=sys.stderr, flush=True)
-        sys.exit(128 + signal.Signals[stop.signal_name].value)
-    except (ValueError, train.TrainingDivergedError) as error:
-        sys.exit(f"error: {error}")
+def sweep_command(overrides: dict[str, str]) -> None:
+    """Runs (or prints the commands of) the sweep of --config."""
+    if overrides:
+        raise ValueError(
+            f"{sorted(overrides)}: a sweep takes no --config.<field> overrides; put them in the "
+            "ablation file's get_config() or get_sweep()"
+        )
+    if FLAGS.print_commands:
+        print_commands(FLAGS.config, FLAGS.workdir, FLAGS.seeds)
+    else:
+        rows = run_sweep(FLAGS.config, FLAGS.workdir, num_seeds=FLAGS.seeds)
+        print((pathlib.Path(FLAGS.workdir) / "results.md").read_text())
+        print(f"[sweep] {len(rows)} runs; results in {FLAGS.workdir}/results.csv")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(sweep_command)

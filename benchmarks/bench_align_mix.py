@@ -9,19 +9,15 @@ median of `--repeats` calls after one warm-up call. Prints a table and one JSON 
     python benchmarks/bench_align_mix.py --quick    # CIFAR PreActResNet-18 shape only
 """
 
-from alignmix_jax import runtime
+import argparse
+import json
+import statistics
+import time
 
-runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
+import jax
+import jax.numpy as jnp
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from alignmix_jax import align_mix  # noqa: E402
+from alignmix_jax import align_mix, cli
 
 PAPER_SHAPES = {
     "cifar_preactresnet18": (128, 4, 4, 512),
@@ -88,6 +84,7 @@ def bench_shape(shape, num_iters, threshold, repeats):
 
 
 def main():
+    cli.configure_runtime()  # before JAX starts its backend
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per case (>= 1)")
     parser.add_argument("--num-iters", type=int, default=100, help="Sinkhorn updates")

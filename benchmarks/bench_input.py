@@ -11,11 +11,7 @@ import pathlib
 import statistics
 import time
 
-from alignmix_jax import runtime
-
-runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
-
-from alignmix_jax import data  # noqa: E402
+from alignmix_jax import cli, data
 
 DEFAULT_ARCHIVE = (
     pathlib.Path(__file__).resolve().parents[2] / "shared/data/cifar10_jpg/CIFAR-10-images.tar.gz"
@@ -51,6 +47,7 @@ def measure(archive: str, batch: int, windows: int, steps: int) -> dict:
 
 
 def main() -> None:
+    cli.configure_runtime()  # before JAX starts its backend
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--batch", type=int, default=128)

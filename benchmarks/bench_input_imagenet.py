@@ -17,26 +17,23 @@ bfloat16 (about 3,000 images/s). A single-thread breakdown (decode alone, transf
 first. Prints a table and one JSON line.
 """
 
-from alignmix_jax import runtime
+import argparse
+import io
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+import time
 
-runtime.configure()
+import grain
+import numpy as np
+from absl import flags
+from PIL import Image
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import pathlib  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import grain  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from alignmix_jax.data import augment  # noqa: E402
-from alignmix_jax.data.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from alignmix_jax import cli
+from alignmix_jax.data import augment
+from alignmix_jax.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SIZE = 224
 JPEG_SHAPE = (375, 500)  # (height, width): ImageNet's most common size
@@ -169,6 +166,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    cli.configure_runtime()  # before JAX starts its backend
     args = parse_args()
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags (defaults here)
     with tempfile.TemporaryDirectory(prefix="bench_input_imagenet_") as folder:

@@ -9,23 +9,20 @@ of each method in turn, and each method's median is reported. Prints a Markdown 
 JSON line. `benchmarks/device_check.py` times its cases with the same functions.
 """
 
-from alignmix_jax import runtime
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
 
-runtime.configure()  # before JAX starts its backend and before TensorFlow is imported
+import jax
+import numpy as np
 
-import argparse  # noqa: E402
-import concurrent.futures  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from alignmix_jax import experiment_config, models, parallel, train  # noqa: E402
+from alignmix_jax import cli, models
+from alignmix_jax.trainer import experiment_config, parallel, train
 
 WARMUP_STEPS = 2
 IMAGE_SHAPE = (32, 32, 3)
@@ -124,6 +121,7 @@ def images_per_sec(batch_size: int, seconds: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
+    cli.configure_runtime()  # before JAX starts its backend
     args = parse_args()
     mesh = parallel.make_data_mesh()
     cases = [

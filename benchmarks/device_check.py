@@ -27,9 +27,9 @@ global budget (plus a short grace) is spent, so even a run stuck in compilation 
 measured. Step times are medians and means over interleaved rounds (see bench_train_step).
 """
 
-from alignmix_jax import runtime
+from alignmix_jax import cli
 
-runtime.configure()  # before JAX starts its backend
+cli.configure_runtime()  # before JAX starts its backend
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -59,15 +59,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alignmix_jax import (  # noqa: E402
-    align_mix,
-    data,
-    experiment_config,
-    logging_utils,
-    parallel,
-    sinkhorn_plan,
-    train,
-)
+from alignmix_jax import align_mix, data, sinkhorn_plan  # noqa: E402
+from alignmix_jax.trainer import experiment_config, logging_utils, parallel, train  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_FILE = REPO / "tests" / "test_ot.py"

@@ -13,7 +13,7 @@ Normalised as the official code does: mean (0.4914, 0.4822, 0.4465), std (0.2023
 import ml_collections
 
 from alignmix_jax import data
-from alignmix_jax.experiment_config import apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import apply_config_argument, default_config
 
 
 def get_config(argument=None):
@@ -22,4 +22,5 @@ def get_config(argument=None):
     config.model = ml_collections.ConfigDict(
         {"name": "wide_resnet", "depth": 16, "widen_factor": 8}
     )
+    config.paper_top1 = 81.23
     return apply_config_argument(config, argument)

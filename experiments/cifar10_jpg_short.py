@@ -1,5 +1,6 @@
 """CIFAR-10 from its JPEG copy, reduced-width PreActResNet-18, AlignMixup: a short CPU run.
-Paper: 97.05% (full width, 2000 epochs); not reproduced by this short run.
+The paper's row is experiments/cifar10_preactresnet18.py (full width, 2000 epochs); this short
+run does not reproduce it.
 
     python -m alignmix_jax.main --config experiments/cifar10_jpg_short.py --workdir DIR \
         --config.data.path=../shared/data/cifar10_jpg/CIFAR-10-images.tar.gz
@@ -21,7 +22,7 @@ paper's steps at 500/1000/1500 of 2000 epochs), weight decay 5e-4.
 import ml_collections
 
 from alignmix_jax import data
-from alignmix_jax.experiment_config import apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import apply_config_argument, default_config
 
 
 def get_config(argument=None):

@@ -17,7 +17,7 @@ batch 128, SGD momentum 0.9, lr 0.1 with a cosine schedule to 0, weight decay 5e
 
 import ml_collections
 
-from alignmix_jax.experiment_config import apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import apply_config_argument, default_config
 
 
 def get_config(argument=None):

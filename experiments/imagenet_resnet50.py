@@ -15,7 +15,7 @@ parameters (`--config.compute_dtype=float32` for full precision). Multi-host: ad
 
 import ml_collections
 
-from alignmix_jax.experiment_config import apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import apply_config_argument, default_config
 
 
 def get_config(argument=None):
@@ -32,4 +32,5 @@ def get_config(argument=None):
     config.compute_dtype = "bfloat16"
     config.mix.partner = "device"  # the reference pairs within each GPU's shard (DataParallel)
     config.checkpoint_every_steps = 2500
+    config.paper_top1 = 79.32
     return apply_config_argument(config, argument)

@@ -11,7 +11,7 @@ Sinkhorn eps 0.1, 100 iterations, random direction); SGD momentum 0.9, cosine sc
 
 import ml_collections
 
-from alignmix_jax.experiment_config import apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import apply_config_argument, default_config
 
 
 def get_config(argument=None):

@@ -13,7 +13,7 @@ Normalised as the official code does: mean (0.4914, 0.4822, 0.4465), std (0.2023
 """
 
 from alignmix_jax import data
-from alignmix_jax.experiment_config import apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import apply_config_argument, default_config
 
 
 def get_config(argument=None):
@@ -24,4 +24,5 @@ def get_config(argument=None):
     config.batch_size = 256
     config.num_epochs = 1200
     config.optimizer.boundaries_epochs = (600, 900)
+    config.paper_top1 = 66.87
     return apply_config_argument(config, argument)

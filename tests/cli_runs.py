@@ -27,7 +27,7 @@ LAUNCHER = f"""
 import os, pathlib, runpy, signal
 import jax
 import numpy as np
-from alignmix_jax import checkpointing, train
+from alignmix_jax.trainer import checkpointing, train
 
 if os.environ.get("{SPY_DIR_ENV}"):
     original_save = checkpointing.RunCheckpointer.save

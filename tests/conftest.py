@@ -8,9 +8,9 @@ import pathlib
 import jax
 import pytest
 
-from alignmix_jax import runtime
+from alignmix_jax import cli
 
-runtime.configure()
+cli.configure_runtime()
 jax.config.update("jax_num_cpu_devices", 8)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -15,12 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from alignmix_jax import (
+from alignmix_jax import data, models
+from alignmix_jax.trainer import (
     checkpointing,
-    data,
     experiment_config,
     logging_utils,
-    models,
     parallel,
     run_summary,
     train,
@@ -196,7 +195,7 @@ import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 1)
 import numpy as np
-from alignmix_jax import checkpointing
+from alignmix_jax.trainer import checkpointing
 assert jax.device_count() == 1, jax.devices()
 workdir, out = sys.argv[1], sys.argv[2]
 arrays = {}

@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from alignmix_jax import experiment_config
+from alignmix_jax import cli
+from alignmix_jax.trainer import experiment_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
 PAPER_ROWS = {
     # file: (dataset, model, batch, epochs, lr boundaries (epochs), nesterov)
     "cifar10_preactresnet18.py": (
@@ -74,11 +76,21 @@ def test_paper_configs_hold_the_papers_hyperparameters(name):
         assert (config.model.depth, config.model.widen_factor) == (16, 8)
     if model == "preact_resnet18":
         assert (config.model.stage_sizes, config.model.base_width) == ((2, 2, 2, 2), 64)
+    # The experiment file holds the paper's figure (config.paper_top1) and says it in its docstring
+    # beside the command that reproduces it; the README's table quotes it.
     docstring = (REPO / "experiments" / name).read_text().split('"""')[1]
-    assert f"--config experiments/{name}" in docstring and "%" in docstring
+    assert f"--config experiments/{name}" in docstring
+    assert f"Paper: {config.paper_top1:.2f}%" in docstring
+    (row,) = [line for line in README.splitlines() if line.startswith(f"| `experiments/{name}`")]
+    assert f": {config.paper_top1:.2f} |" in row
 
 
 EXPERIMENT_FILES = sorted(path.name for path in (REPO / "experiments").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENT_FILES) - set(PAPER_ROWS)))
+def test_configs_that_are_no_paper_row_quote_no_paper_figure(name):
+    assert load(name).paper_top1 is None
 
 
 @pytest.mark.parametrize("name", EXPERIMENT_FILES)
@@ -124,11 +136,51 @@ def test_bad_fields_fail_naming_the_field_and_allowed_values(field, value, messa
         experiment_config.validate_config(config, num_devices=8)
 
 
-def test_unknown_override_field_names_the_fields_that_exist():
-    config = load("quickstart.py")
-    experiment_config.check_override_fields(config, ["--config.mix.epsilon=0.5", "--workdir=x"])
-    with pytest.raises(ValueError, match=r"config.mix has no field 'epsilonn'.*'epsilon'"):
-        experiment_config.check_override_fields(config, ["--config.mix.epsilonn=0.5"])
+def test_command_line_overrides_are_parsed_to_each_fields_type():
+    """One mechanism for every command and the sweeps: `--config.<field>=<text>` arguments are
+    split off (cli) and parsed to the field's type, placeholders included (experiment_config)."""
+    argv = ["prog", "--workdir=/tmp/x", "--config.mix.epsilon=0.5", "--config.mix.num_iters=7",
+            "--config.tensorboard=false", "--config.mix.method=alignmix",
+            "--config.model.stage_sizes=(1, 1)", "--config.mix.threshold=1e-3",
+            "--config.data.path=/data/cifar", "--config.data.std=(0.2, 0.2, 0.2)",
+            "--config.data.train_examples_per_class=50"]
+    rest, overrides = cli.split_config_overrides(argv)
+    assert rest == ["prog", "--workdir=/tmp/x"]
+    base = load("quickstart.py")
+    config = experiment_config.apply_overrides(base, overrides)
+    assert (config.mix.epsilon, config.mix.num_iters, config.tensorboard) == (0.5, 7, False)
+    assert (config.mix.method, config.model.stage_sizes) == ("alignmix", (1, 1))
+    assert config.mix.threshold == pytest.approx(1e-3)  # a float placeholder
+    assert (config.data.path, config.data.std) == ("/data/cifar", (0.2, 0.2, 0.2))
+    assert config.data.train_examples_per_class == 50
+    assert base.mix.epsilon == 0.1  # the config given is not changed
+    # Typed values (a sweep's) are set as they are.
+    assert experiment_config.apply_overrides(base, {"mix.alpha": 1.0}).mix.alpha == 1.0
+    with pytest.raises(ValueError, match="argv"):
+        cli.split_config_overrides(["prog", "--config.mix.epsilon"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mix.epsilonn": "0.5"}, r"config.mix has no field 'epsilonn'; expected .*'epsilon'"),
+        ({"mixx.epsilon": "0.5"}, r"config has no field 'mixx'"),
+        ({"mix.num_iters": "many"}, "config.mix.num_iters expects int, got 'many'"),
+        ({"tensorboard": "maybe"}, r"config.tensorboard expects a bool \(true/false\)"),
+        ({"model.stage_sizes": "1 1"}, r"config.model.stage_sizes expects a tuple"),
+        ({"mix.alpha": "two"}, "config.mix.alpha expects float"),
+    ],
+)
+def test_bad_overrides_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        experiment_config.apply_overrides(load("quickstart.py"), overrides)
+
+
+def test_frozen_fields_cannot_be_overridden():
+    with pytest.raises(ValueError, match="config.model.base_width cannot be changed here"):
+        experiment_config.apply_overrides(
+            load("quickstart.py"), {"model.base_width": "8"}, frozen=("model",)
+        )
 
 
 def test_command_line_rejects_a_bad_value_before_training(tmp_path):

@@ -23,10 +23,11 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 from PIL import Image
 
-from alignmix_jax import data, experiment_config
+from alignmix_jax import data
 from alignmix_jax.data import augment, image_folder, sources, splits, tfds_source
 from alignmix_jax.data.base import ArraySource
 from alignmix_jax.data.config import resolve_spec
+from alignmix_jax.trainer import experiment_config
 
 ID_STEP = 4  # pixel value of image id k is ID_STEP * k
 NUM_TRAIN_PER_CLASS, NUM_TEST_PER_CLASS = 24, 5

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alignmix_jax import checkpointing, data, evaluate, experiment_config, train, visualize
+from alignmix_jax import data
+from alignmix_jax.evaluation import pictures, report
+from alignmix_jax.trainer import checkpointing, experiment_config, train
 
 EVAL_OVERRIDES = {"evaluation.batch_size": 128}
 
@@ -35,7 +37,7 @@ def trained_workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(trained_workdir):
     workdir, _ = trained_workdir
-    return evaluate.evaluate_workdir(str(workdir), checkpoint="best", overrides=EVAL_OVERRIDES)
+    return report.evaluate_workdir(str(workdir), checkpoint="best", overrides=EVAL_OVERRIDES)
 
 
 def test_evaluation_matches_trainer_and_writes_files(trained_workdir, results):
@@ -94,7 +96,7 @@ def test_calibration_errors_equal_a_direct_computation(trained_workdir, results)
 
 def test_visualize_writes_grids_and_plans(trained_workdir):
     workdir, _ = trained_workdir
-    paths = visualize.visualize_workdir(str(workdir), pairs=1, decoder_epochs=1)
+    paths = pictures.visualize_workdir(str(workdir), pairs=1, decoder_epochs=1)
     assert len(paths["decoder_losses"]) == 1 and paths["decoder_losses"][0] > 0
     with Image.open(paths["mixing"][0]) as image:
         assert image.size == (720, 540)
@@ -102,7 +104,7 @@ def test_visualize_writes_grids_and_plans(trained_workdir):
         assert image.size == (900, 360)
     assert (workdir / "visualize" / "decoder" / "decoder.json").exists()
     # The classifier's checkpoints are untouched; a second call reuses the saved decoder.
-    again = visualize.visualize_workdir(str(workdir), pairs=1, decoder_epochs=1)
+    again = pictures.visualize_workdir(str(workdir), pairs=1, decoder_epochs=1)
     assert again["decoder_losses"] == []
     settings = json.loads((workdir / "visualize" / "decoder" / "decoder.json").read_text())
     assert settings["classifier_checkpoint"] == "best"
@@ -112,59 +114,39 @@ def test_visualize_writes_grids_and_plans(trained_workdir):
 def test_a_saved_decoder_is_reused_only_for_the_same_weights_and_config(trained_workdir):
     workdir, _ = trained_workdir
     config = checkpointing.load_config(workdir)
-    key = visualize._decoder_key(config, "best", 60, (32, 32, 1))
+    key = pictures._decoder_key(config, "best", 60, (32, 32, 1))
     directory = workdir / "visualize" / "decoder"
     (directory / "decoder.json").write_text(json.dumps({"base_width": 16, **key}))
-    assert visualize._decoder_matches(str(directory), key)
-    more_training = visualize._decoder_key(config, "best", 62, (32, 32, 1))
-    assert not visualize._decoder_matches(str(directory), more_training)
+    assert pictures._decoder_matches(str(directory), key)
+    more_training = pictures._decoder_key(config, "best", 62, (32, 32, 1))
+    assert not pictures._decoder_matches(str(directory), more_training)
     config.model.base_width = 2 * config.model.base_width
-    assert not visualize._decoder_matches(
-        str(directory), visualize._decoder_key(config, "best", 60, (32, 32, 1))
+    assert not pictures._decoder_matches(
+        str(directory), pictures._decoder_key(config, "best", 60, (32, 32, 1))
     )
-    assert not visualize._decoder_matches(
-        str(directory), visualize._decoder_key(config, "last", 60, (32, 32, 1))
+    assert not pictures._decoder_matches(
+        str(directory), pictures._decoder_key(config, "last", 60, (32, 32, 1))
     )
 
 
 def test_bad_input_gets_clear_errors(trained_workdir, tmp_path):
     workdir, _ = trained_workdir
     with pytest.raises(ValueError, match="workdir"):
-        evaluate.evaluate_workdir(str(tmp_path / "missing"))
+        report.evaluate_workdir(str(tmp_path / "missing"))
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(workdir / "config.json", bare / "config.json")
     with pytest.raises(ValueError, match="checkpoint"):
-        evaluate.evaluate_workdir(str(bare), checkpoint="last")
+        report.evaluate_workdir(str(bare), checkpoint="last")
     with pytest.raises(ValueError, match="checkpoint"):
-        evaluate.evaluate_workdir(str(workdir), checkpoint="newest")
+        report.evaluate_workdir(str(workdir), checkpoint="newest")
     with pytest.raises(ValueError, match="split"):
-        evaluate.evaluate_workdir(str(workdir), overrides={"evaluation.split": "validaton"})
+        report.evaluate_workdir(str(workdir), overrides={"evaluation.split": "validaton"})
     with pytest.raises(ValueError, match="boxes"):
-        evaluate.evaluate_workdir(str(workdir), overrides={"evaluation.wsol": "on"})
+        report.evaluate_workdir(str(workdir), overrides={"evaluation.wsol": "on"})
     with pytest.raises(ValueError, match="epsilon"):
-        evaluate.evaluate_workdir(str(workdir), overrides={"evaluation.epsilon": "2.0"})
+        report.evaluate_workdir(str(workdir), overrides={"evaluation.epsilon": "2.0"})
+    with pytest.raises(ValueError, match="config.model.base_width cannot be changed"):
+        report.evaluate_workdir(str(workdir), overrides={"model.base_width": "8"})
     with pytest.raises(ValueError, match="pairs"):
-        visualize.visualize_workdir(str(workdir), pairs=0)
-
-
-def test_command_line_overrides_are_parsed_to_field_types():
-    argv = ["prog", "--workdir=/tmp/x", "--config.evaluation.epsilon=0.0157",
-            "--config.evaluation.pgd_random_start=false", "--config.evaluation.pgd_steps=3",
-            "--config.evaluation.split=train"]
-    rest, overrides = evaluate.split_config_overrides(argv)
-    assert rest == ["prog", "--workdir=/tmp/x"]
-    config = evaluate.with_evaluation_defaults(
-        experiment_config.default_config("digits"))
-    config = evaluate.apply_overrides(config, overrides)
-    assert config.evaluation.epsilon == pytest.approx(0.0157)
-    assert config.evaluation.pgd_random_start is False
-    assert config.evaluation.pgd_steps == 3 and config.evaluation.split == "train"
-    with pytest.raises(ValueError, match="evaluation.pgd_steps"):
-        evaluate.apply_overrides(config, {"evaluation.pgd_steps": "many"})
-    with pytest.raises(ValueError, match="evaluation.nonexistent"):
-        evaluate.apply_overrides(config, {"evaluation.nonexistent": "1"})
-    with pytest.raises(ValueError, match="model"):
-        evaluate.apply_overrides(config, {"model.base_width": "8"})
-    with pytest.raises(ValueError, match="argv"):
-        evaluate.split_config_overrides(["prog", "--config.evaluation.epsilon"])
+        pictures.visualize_workdir(str(workdir), pairs=0)

@@ -6,7 +6,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from alignmix_jax import experiment_config, logging_utils, train
+from alignmix_jax.trainer import experiment_config, logging_utils, train
 
 FASHION_MNIST_STEPS = 200
 FASHION_MNIST_MIN_TOP1 = 65.0

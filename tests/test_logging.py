@@ -6,7 +6,7 @@ import sys
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from alignmix_jax import logging_utils
+from alignmix_jax.trainer import logging_utils
 
 # Values exact in float32 (TensorBoard stores float32), so the read-back compares exactly.
 RECORDS = {

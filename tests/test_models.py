@@ -163,14 +163,14 @@ def test_official_options_are_the_defaults():
     "model, image_size, num_params, shapes",
     [
         (
-            models.PreActResNet18(num_classes=10),
+            models.PreActResNet(num_classes=10),
             32,
             11_171_274,
             {"stem": (32, 32, 64), "stage1": (32, 32, 64), "stage2": (16, 16, 128),
              "stage3": (8, 8, 256), "stage4": (4, 4, 512), "pre_logits": (512,)},
         ),
         (
-            models.PreActResNet18(num_classes=100),
+            models.PreActResNet(num_classes=100),
             64,
             11_217_444,
             {"stem": (64, 64, 64), "stage1": (64, 64, 64), "stage2": (32, 32, 128),
@@ -184,7 +184,7 @@ def test_official_options_are_the_defaults():
              "stage3": (8, 8, 512), "pre_logits": (512,)},
         ),
         (
-            models.ResNet50(num_classes=1000),
+            models.ResNet(num_classes=1000),
             224,
             25_557_032,
             {"stem": (56, 56, 64), "stage1": (56, 56, 256), "stage2": (28, 28, 512),
@@ -212,7 +212,7 @@ def test_full_size_parameter_counts_and_shapes(model, image_size, num_params, sh
 def test_stage_names_need_no_init():
     """stage_names follow the depth knobs and are there before any init."""
     three_stages = ("input", "stem", "stage1", "stage2", "stage3")
-    assert models.ResNet50().stage_names == (*three_stages, "stage4")
+    assert models.ResNet().stage_names == (*three_stages, "stage4")
     assert models.WideResNet(depth=28).stage_names == three_stages
     assert models.PreActResNet(stage_sizes=(1, 1, 1)).stage_names[-1] == "stage3"
 

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 import pytest
 
-from alignmix_jax import checkpointing, data, experiment_config, logging_utils, parallel, train
+from alignmix_jax import data
+from alignmix_jax.trainer import checkpointing, experiment_config, logging_utils, parallel, train
 
 CONFIG = "experiments/quickstart.py:smoke"
 NUM_STEPS = 4

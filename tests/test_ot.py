@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy.special import logsumexp
 
 from alignmix_jax import align, align_mix, sinkhorn_plan
-from alignmix_jax.ot import align_mix_with_plan, mean_position_norm, plan_statistics
+from alignmix_jax.core.ot import align_mix_with_plan, mean_position_norm, plan_statistics
 
 TRAINED_FEATURES = pathlib.Path(__file__).parent / "fixtures" / "trained_features.npz"
 

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from alignmix_jax import checkpointing, experiment_config, logging_utils, method, train
+from alignmix_jax.core import method
+from alignmix_jax.trainer import checkpointing, experiment_config, logging_utils, train
 
 DIGITS_STEPS_PER_EPOCH = 1437 // 16
 

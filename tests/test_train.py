@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from alignmix_jax import experiment_config, models, parallel, train
+from alignmix_jax import models
+from alignmix_jax.trainer import experiment_config, parallel, train
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (16, 16, 3)
@@ -159,13 +160,13 @@ def test_eval_step_counts_top1_and_top5_without_padding(initial_state):
     state = initial_state
     batch = make_batch(3)
     batch["mask"] = (np.arange(GLOBAL_BATCH) < 11).astype(np.float32)
-    counts = jax.device_get(
-        train.make_eval_step(model, mesh)(
-            state.params, state.batch_stats, parallel.shard_host_batch(batch, mesh)
-        )
-    )
-    plain_model = models.build_model(config.model, NUM_CLASSES)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    counts, per_example = train.make_eval_step(model)(
+        parallel.replicate(variables, mesh), parallel.shard_host_batch(batch, mesh), None
+    )
+    counts = jax.device_get(counts)
+    assert per_example == {}
+    plain_model = models.build_model(config.model, NUM_CLASSES)
     logits = np.asarray(plain_model.apply(jax.device_get(variables), batch["image"])[0])[:11]
     labels = batch["label"][:11]
     ranks = np.argsort(-logits, axis=1)

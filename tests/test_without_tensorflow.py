@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from alignmix_jax import logging_utils
+from alignmix_jax.trainer import logging_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "without_tensorflow.py"
@@ -58,7 +58,8 @@ def test_tensorflow_is_absent_and_every_module_imports():
     )
     output = run_without_tensorflow("-c", probe)
     imported = set(output.split())
-    assert {"alignmix_jax.evaluate", "alignmix_jax.visualize", "alignmix_jax.train"} <= imported
+    assert {"alignmix_jax.evaluate", "alignmix_jax.visualize", "alignmix_jax.trainer.train",
+            "alignmix_jax.evaluation.report"} <= imported
     assert "alignmix_jax.data.tiny_imagenet" in imported  # a tfds builder, defined without TF
 
 

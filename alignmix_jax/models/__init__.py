@@ -26,8 +26,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from alignmix_jax.models.common import CONV_INITS, StagedClassifier
-from alignmix_jax.models.preact_resnet import SHORTCUTS, PreActResNet, PreActResNet18
-from alignmix_jax.models.resnet import ResNet, ResNet50
+from alignmix_jax.models.preact_resnet import SHORTCUTS, PreActResNet
+from alignmix_jax.models.resnet import ResNet
 from alignmix_jax.models.wide_resnet import WideResNet
 
 __all__ = [
@@ -35,18 +35,16 @@ __all__ = [
     "MODEL_KWARGS",
     "SHORTCUTS",
     "PreActResNet",
-    "PreActResNet18",
     "ResNet",
-    "ResNet50",
     "StagedClassifier",
     "WideResNet",
     "build_model",
 ]
 
 MODEL_CLASSES = {
-    "preact_resnet18": PreActResNet18,
+    "preact_resnet18": PreActResNet,
     "wide_resnet": WideResNet,
-    "resnet50": ResNet50,
+    "resnet50": ResNet,
 }
 
 MODEL_KWARGS = {

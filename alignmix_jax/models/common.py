@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+LAST_STAGE = "last"  # in a config: the last feature map, whatever the model
 BN_MOMENTUM = 0.9
 """flax momentum (the weight of the old running average) of PyTorch's default
 `BatchNorm2d(momentum=0.1)`; in general flax momentum = 1 - PyTorch momentum."""
@@ -265,6 +266,10 @@ class StagedClassifier(nn.Module):
     def stage_names(self) -> tuple[str, ...]:
         """The points where features can be mixed: ("input", "stem", "stage1", ..., "stageK")."""
         raise NotImplementedError
+
+    def resolve_stage(self, stage: str) -> str:
+        """The stage a config names: `LAST_STAGE` ("last") is the last feature map."""
+        return self.stage_names[-1] if stage == LAST_STAGE else stage
 
     @property
     def stage_channels(self) -> dict[str, int]:

@@ -110,7 +110,3 @@ class PreActResNet(StagedResNet):
     def block_options(self) -> dict[str, Any]:
         """conv_init and shortcut, for every block."""
         return {**super().block_options(), "shortcut": self.shortcut}
-
-
-PreActResNet18 = PreActResNet
-"""PreActResNet-18: `PreActResNet` with its default stage_sizes (2, 2, 2, 2) and base_width 64."""

@@ -100,7 +100,3 @@ class ResNet(StagedResNet):
     num_classes: int = 1000
     conv_init: str = "he_fan_out"
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
-
-
-ResNet50 = ResNet
-"""ResNet-50: `ResNet` with its default stage_sizes (3, 4, 6, 3), base_width 64, 1000 classes."""

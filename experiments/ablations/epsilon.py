@@ -5,7 +5,7 @@
 Base: the quickstart (digits); the argument "cifar10" sweeps the CIFAR-10 PreActResNet-18 recipe.
 """
 
-from alignmix_jax.experiment_config import ablation_base_config
+from alignmix_jax.trainer.experiment_config import ablation_base_config
 
 
 def get_config(argument=None):

@@ -21,7 +21,7 @@ import os
 import ml_collections
 
 from alignmix_jax import data
-from alignmix_jax.experiment_config import METHODS, apply_config_argument, default_config
+from alignmix_jax.trainer.experiment_config import METHODS, apply_config_argument, default_config
 
 CIFAR10_JPEG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),

@@ -7,7 +7,7 @@
 The argument "cifar10" sweeps the paper's CIFAR-10 PreActResNet-18 recipe instead.
 """
 
-from alignmix_jax.experiment_config import METHODS, ablation_base_config
+from alignmix_jax.trainer.experiment_config import METHODS, ablation_base_config
 
 
 def get_config(argument=None):

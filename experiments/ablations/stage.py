@@ -6,7 +6,7 @@ Base: the quickstart (digits); the argument "cifar10" sweeps the CIFAR-10 PreAct
 Both use a 4-stage PreActResNet: stage4 is the last map.
 """
 
-from alignmix_jax.experiment_config import ablation_base_config
+from alignmix_jax.trainer.experiment_config import ablation_base_config
 
 
 def get_config(argument=None):

@@ -26,8 +26,7 @@ For a batch (x, y) on each device, with one key shared by every device:
 
 The model runs in segments between the candidate mixing points, so nothing is computed twice, and
 the conditionals hold only the cheap mixing, never a network segment. An aligned branch also
-reports what the alignment did (`DIAGNOSTICS`): the plan's non-exact marginal error, how close
-R is to a permutation, and the norm of the positions it aligned.
+reports what the alignment did (`DIAGNOSTICS`).
 """
 
 from typing import Any
@@ -35,20 +34,17 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from alignmix_jax import models
-from alignmix_jax.experiment_config import resolve_stage
-from alignmix_jax.mixing import cutmix, mixup, saliencymix, sample_lam
-from alignmix_jax.ot import align_mix_with_plan, mean_position_norm, plan_statistics
+from alignmix_jax.core.mixing import cutmix, mixup, saliencymix, sample_lam
+from alignmix_jax.core.ot import align_mix_with_plan, mean_position_norm, plan_statistics
 
 DIAGNOSTICS = ("aligned", "plan_marginal_l1", "plan_row_max", "plan_column_coverage",
                "feature_norm")
-"""Scalars of `MixedForward.diagnostics`: aligned is 1 on a step that ran aligned mixing, else 0
-and so are the others; plan_marginal_l1 the L1 error of the plan's non-exact (column) marginal,
-plan_row_max the mean over rows of max_j R_ij (1: a permutation, 1/s: uniform),
-plan_column_coverage the fraction of the partner's positions that are some row's argmax,
-feature_norm the mean L2 norm of the aligned map's positions (before mixing)."""
+"""Scalars of `MixedForward.diagnostics`. aligned: 1 on a step that ran aligned mixing, else 0 (and
+so are the others); plan_marginal_l1: the L1 error of the plan's non-exact (column) marginal;
+plan_row_max: the mean over rows of max_j R_ij (1: a permutation, 1/s: uniform);
+plan_column_coverage: the fraction of the partner's positions that are some row's argmax;
+feature_norm: the mean L2 norm of the aligned map's positions (before mixing)."""
 
 
 def _no_diagnostics() -> dict:
@@ -57,16 +53,11 @@ def _no_diagnostics() -> dict:
 
 @flax.struct.dataclass
 class MixedForward:
-    """What one mixed forward pass on a device computed, and the random draws it made.
-
-    logits `(b, K)` float32; batch_stats (updated in train mode); partner_labels `(b,)` int32;
-    lam `(b,)` float32, the label weight of each example's own class; partner `(b,)` int32, each
-    example's partner as a row of the global batch ("global") or of the shard ("device"); branch
-    int32, the index in `mixing_points(...)` of the point where the batch was mixed (0 for none,
-    cutmix, saliencymix); direction int32, the draw of AlignMix's direction coin (0 or 1; it acts
-    only when the branch is an aligned one; 0 for none, cutmix, saliencymix); diagnostics, the
-    float32 scalars named in `DIAGNOSTICS`.
-    """
+    """One device's mixed forward pass and its draws. logits `(b, K)` float32; batch_stats;
+    partner_labels `(b,)`; lam `(b,)`, the weight of each example's own label; partner `(b,)`, each
+    example's partner as a row of the global batch ("global") or of the shard ("device"); branch,
+    the index in `mixing_points` of the point mixed (0 without one); direction, the draw of
+    AlignMix's direction coin (acting only on an aligned branch); diagnostics (`DIAGNOSTICS`)."""
 
     logits: jax.Array
     batch_stats: Any
@@ -78,51 +69,43 @@ class MixedForward:
     diagnostics: dict
 
 
-def mixing_points(model: models.StagedClassifier, mix: ml_collections.ConfigDict):
-    """`(stages, kinds)`: the candidate mixing points of `mix.method` in model order, and for each
-    one "linear" (mixup) or "aligned" (AlignMix). Empty for none, cutmix and saliencymix."""
-    stage = resolve_stage(mix.stage, model.stage_names)
-    if mix.method == "input_mixup":
-        return ("input",), ("linear",)
+def mixing_points(model, mix) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`(stages, kinds)`: the candidate mixing points of `mix.method` in model order, each
+    "linear" (mixup) or "aligned" (AlignMix); empty for none, cutmix and saliencymix."""
+    stage = model.resolve_stage(mix.stage)
     if mix.method == "manifold_mixup":
-        names = {resolve_stage(name, model.stage_names) for name in mix.manifold_stages}
+        names = {model.resolve_stage(name) for name in mix.manifold_stages}
         stages = tuple(sorted(names, key=model.stage_names.index))
         return stages, ("linear",) * len(stages)
-    if mix.method == "alignmix":
-        return (stage,), ("aligned",)
-    if mix.method == "alignmixup":
-        return ("input", stage), ("linear", "aligned")
-    return (), ()
+    return {
+        "input_mixup": (("input",), ("linear",)),
+        "alignmix": ((stage,), ("aligned",)),
+        "alignmixup": (("input", stage), ("linear", "aligned")),
+    }.get(mix.method, ((), ()))
 
 
 def _train_forward(model, params, batch_stats, inputs, start_at="input", stop_at=None):
     """Train-mode forward of the stages after `start_at` through `stop_at` (None: the head) ->
     (output, new batch_stats); BatchNorm statistics are synced over the model's axis."""
     (output, _), mutated = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        inputs,
-        train=True,
-        start_at=start_at,
-        stop_at=stop_at,
-        mutable=["batch_stats"],
+        {"params": params, "batch_stats": batch_stats}, inputs, train=True, start_at=start_at,
+        stop_at=stop_at, mutable=["batch_stats"],
     )
     return output, mutated["batch_stats"]
 
 
-def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | None = None):
-    """The per-device mixed forward of `mix.method`:
+def make_mixed_forward(model, mix, axis_name: str | None = None):
+    """The per-device mixed forward of `mix` (a config's `mix` section):
     `forward(params, batch_stats, images (b, H, W, C), labels (b,), key) -> MixedForward`.
 
     Inside `jax.shard_map`, `axis_name` is the data axis and `key` must be the same on every
-    device: it draws lam, the coins, the stage and (with partner "global") the permutation, which
-    pick `lax.cond` branches on every device alike. Per-example draws (lam, CutMix boxes) are made
-    for the whole global batch and sliced, so they do not depend on the number of devices.
+    device: it draws lam, the coins, the stage and (partner "global") the permutation, which pick
+    `lax.cond` branches on every device alike. Per-example draws (lam, CutMix boxes) are made for
+    the whole global batch and sliced, so they do not depend on the number of devices.
     """
     stages, kinds = mixing_points(model, mix)
-    ot_options = dict(
-        epsilon=mix.epsilon, num_iters=mix.num_iters, threshold=mix.threshold,
-        scale_cost=mix.scale_cost,
-    )
+    ot_options = dict(epsilon=mix.epsilon, num_iters=mix.num_iters, threshold=mix.threshold,
+                      scale_cost=mix.scale_cost)
 
     def forward(params, batch_stats, images, labels, key) -> MixedForward:
         local = images.shape[0]
@@ -130,48 +113,40 @@ def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | N
         device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
         lam_key, perm_key, coin_key, direction_key, stage_key, box_key = jax.random.split(key, 6)
 
-        def local_rows(per_example):  # this device's rows of a global-batch draw
+        def local_rows(per_example):  # this device's rows of a draw for the global batch
             return jax.lax.dynamic_slice_in_dim(per_example, device * local, local)
+
+        def partner_of(features):
+            if mix.partner == "global" and axis_name is not None:
+                features = jax.lax.all_gather(features, axis_name, tiled=True)
+            return features[partner]
 
         if mix.partner == "global":
             partner = local_rows(jax.random.permutation(perm_key, local * devices))
-
-            def partner_of(features):
-                if axis_name is not None:
-                    features = jax.lax.all_gather(features, axis_name, tiled=True)
-                return features[partner]
         else:
             partner = jax.random.permutation(jax.random.fold_in(perm_key, device), local)
-
-            def partner_of(features):
-                return features[partner]
-
         zero = jnp.zeros((), jnp.int32)
         if mix.method == "none":
             logits, batch_stats = _train_forward(model, params, batch_stats, images)
-            ones = jnp.ones((local,), jnp.float32)
-            return MixedForward(
-                logits, batch_stats, labels, ones, jnp.arange(local), zero, zero, _no_diagnostics()
-            )
+            return MixedForward(logits, batch_stats, labels, jnp.ones((local,), jnp.float32),
+                                jnp.arange(local), zero, zero, _no_diagnostics())
         if mix.lam_mode == "example":
             lam = local_rows(sample_lam(lam_key, mix.alpha, (local * devices,)))
         else:
             lam = jnp.broadcast_to(sample_lam(lam_key, mix.alpha), (local,))
         partner_labels = partner_of(labels)
-        if mix.direction == "random":
-            direction = jax.random.bernoulli(direction_key).astype(jnp.int32)
-        else:
-            direction = jnp.asarray(int(mix.direction), jnp.int32)
-
         if mix.method in ("cutmix", "saliencymix"):
             paste = cutmix if mix.method == "cutmix" else saliencymix
             box_keys = local_rows(jax.random.split(box_key, local * devices))
             mixed, lam = paste(box_keys, images, partner_of(images), lam)
             logits, batch_stats = _train_forward(model, params, batch_stats, mixed)
-            return MixedForward(
-                logits, batch_stats, partner_labels, lam, partner, zero, zero, _no_diagnostics()
-            )
+            return MixedForward(logits, batch_stats, partner_labels, lam, partner, zero, zero,
+                                _no_diagnostics())
 
+        if mix.direction == "random":
+            direction = jax.random.bernoulli(direction_key).astype(jnp.int32)
+        else:
+            direction = jnp.asarray(int(mix.direction), jnp.int32)
         if mix.method == "alignmixup":
             branch = jax.random.bernoulli(coin_key, 1.0 - mix.input_prob).astype(jnp.int32)
         else:
@@ -193,7 +168,6 @@ def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | N
                 "feature_norm": mean_position_norm(features),
             }
 
-        mix_fns = {"linear": linear, "aligned": aligned}
         hidden, position, diagnostics = images, "input", _no_diagnostics()
         for index, (stage, kind) in enumerate(zip(stages, kinds, strict=True)):
             if stage != position:
@@ -202,21 +176,20 @@ def make_mixed_forward(model, mix: ml_collections.ConfigDict, axis_name: str | N
                 )
                 position = stage
 
-            def mix_here(features, mix_fn=mix_fns[kind]):
+            def mix_here(features, mix_fn={"linear": linear, "aligned": aligned}[kind]):
                 mixed, report = mix_fn(features)
                 return mixed.astype(features.dtype), report
+
+            def keep(features):
+                return features, _no_diagnostics()
 
             if len(stages) == 1:
                 hidden, report = mix_here(hidden)
             else:
-                hidden, report = jax.lax.cond(
-                    branch == index, mix_here, lambda features: (features, _no_diagnostics()),
-                    hidden,
-                )
+                hidden, report = jax.lax.cond(branch == index, mix_here, keep, hidden)
             diagnostics = jax.tree.map(jnp.add, diagnostics, report)
         logits, batch_stats = _train_forward(model, params, batch_stats, hidden, position)
-        return MixedForward(
-            logits, batch_stats, partner_labels, lam, partner, branch, direction, diagnostics
-        )
+        return MixedForward(logits, batch_stats, partner_labels, lam, partner, branch, direction,
+                            diagnostics)
 
     return forward

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from alignmix_jax import parallel
+from alignmix_jax.trainer import parallel
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -55,11 +55,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
-# Fields that say where and how a run executes, not what it computes: they may change on resume.
+# Fields that say where and how a run executes, or describe it, not what it computes: they may
+# change on resume.
 RUNTIME_FIELDS = frozenset({
-    "progress_bar", "tensorboard", "stop_on_divergence", "keep_checkpoints", "log_every_steps",
-    "checkpoint_every_steps", "eval_every_steps", "eval_batch_size", "distributed",
-    "distributed_coordinator", "distributed_num_processes", "distributed_process_id",
+    "progress_bar", "tensorboard", "stop_on_divergence", "paper_top1", "keep_checkpoints",
+    "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_batch_size",
+    "distributed", "distributed_coordinator", "distributed_num_processes", "distributed_process_id",
     "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir",
 })
 

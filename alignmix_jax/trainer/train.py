@@ -25,17 +25,16 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from alignmix_jax import (
+from alignmix_jax import data, models
+from alignmix_jax.core import method
+from alignmix_jax.core.mixing import mixed_cross_entropy
+from alignmix_jax.trainer import (
     checkpointing,
-    data,
     experiment_config,
     logging_utils,
-    method,
-    models,
     parallel,
     run_summary,
 )
-from alignmix_jax.mixing import mixed_cross_entropy
 
 DATA_AXIS = parallel.DATA_AXIS
 SUMMARY_FILE = "summary.json"
@@ -191,45 +190,46 @@ def make_train_step(
     return jax.jit(sharded_step, donate_argnums=(0,))
 
 
-def make_eval_step(model: models.StagedClassifier, mesh: jax.sharding.Mesh) -> Callable:
-    """Jitted `(params, batch_stats, batch) -> {"correct1", "correct5", "count"}` (global sums).
+def make_eval_step(model: models.StagedClassifier, extra: Callable | None = None) -> Callable:
+    """The jitted eval step `(variables, batch, key) -> (sums, per_example)` of every evaluation
+    (the trainer's and `evaluation.report`'s).
 
-    `batch` {"image": (B, H, W, C), "label": (B,), "mask": (B,)} sharded over `data`; padding
-    examples (mask 0) are not counted. Top-5 is top-min(5, K).
+    `variables` {"params", "batch_stats"} replicated; `batch` {"image": (B, H, W, C), "label":
+    (B,), "mask": (B,)} sharded over `data` (jit partitions the step; eval-mode BatchNorm has no
+    collective); `key` for what `extra` draws. `sums`: {"count", "correct1", "correct5"}, sums
+    over the examples with mask 1 (top-5 is top-min(5, K)), and the sums `extra` adds;
+    `per_example`: `extra`'s per-example outputs ({} without it).
+    `extra(variables, logits_fn, logits, intermediates, batch, key) -> (sums, per_example)`, with
+    `logits_fn(images) -> logits` the eval-mode model, computes further metrics in the same step.
     """
 
-    def per_device_eval(params, batch_stats, batch):
-        logits, _ = model.apply(
-            {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
-        )
-        labels = batch["label"]
-        mask = batch["mask"].astype(jnp.float32)
-        top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        hit5 = jnp.any(top_k == labels[:, None], axis=-1)
-        hit1 = top_k[:, 0] == labels
-        counts = {
-            "correct1": jnp.sum(hit1 * mask),
-            "correct5": jnp.sum(hit5 * mask),
-            "count": jnp.sum(mask),
-        }
-        return jax.lax.psum(counts, DATA_AXIS)
+    def step(variables, batch, key):
+        def logits_fn(images):
+            return model.apply(variables, images, train=False)[0]
 
-    sharded_eval = jax.shard_map(
-        per_device_eval,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(DATA_AXIS)),
-        out_specs=PartitionSpec(),
-        check_vma=False,
-    )
-    return jax.jit(sharded_eval)
+        logits, intermediates = model.apply(variables, batch["image"], train=False)
+        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+        top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        sums = {
+            "count": jnp.sum(mask),
+            "correct1": jnp.sum((top_k[:, 0] == labels) * mask),
+            "correct5": jnp.sum(jnp.any(top_k == labels[:, None], axis=-1) * mask),
+        }
+        if extra is None:
+            return sums, {}
+        extra_sums, per_example = extra(variables, logits_fn, logits, intermediates, batch, key)
+        return {**sums, **extra_sums}, per_example
+
+    return jax.jit(step)
 
 
 def evaluate_split(eval_step: Callable, state: TrainState, config, mesh, split: str):
     """Top-1 and top-5 accuracy (in %) over one pass of `split` of `config.data`."""
     totals = None
     batches = data.make_eval_iterator(config.data, config.eval_batch_size, split=split)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
     for batch in data.prefetch_to_mesh(batches, mesh):
-        counts = eval_step(state.params, state.batch_stats, batch)
+        counts, _ = eval_step(variables, batch, None)
         totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.device_get(totals)
     count = max(float(totals["count"]), 1.0)
@@ -523,7 +523,7 @@ def train_and_evaluate(
         True: mixing_step,
         False: make_train_step(model, plain_mix, optimizer, learning_rate_fn, mesh),
     }
-    eval_step = make_eval_step(model, mesh)
+    eval_step = make_eval_step(model)
     batches = data.prefetch_to_mesh(
         data.make_train_iterator(
             config.data, config.batch_size, seed=config.seed, start_step=start_step

@@ -5,12 +5,17 @@
 fails in a second instead of after compilation.
 """
 
+import ast
+import copy
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+from alignmix_jax.models.common import LAST_STAGE
 
 METHODS = (
     "none",
@@ -37,7 +42,6 @@ DATASET_NAMES = (
 )
 SCHEDULES = ("piecewise", "cosine", "constant")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-LAST_STAGE = "last"
 
 
 def load_config_module(spec: str, required: Sequence[str] = ("get_config",)):
@@ -63,25 +67,63 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(argument) if argument else module.get_config()
 
 
-CONFIG_OVERRIDE_PREFIX = "--config."
+def _parse(text: str, field_type: type | None, field: str):
+    """A command-line string as a value of `field_type` (None: a literal, or else the text)."""
+    if field_type is str:
+        return text
+    if field_type is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"config.{field} expects a bool (true/false), got {text!r}")
+    if field_type in (int, float):
+        try:
+            return field_type(text) if field_type is float else int(text)
+        except ValueError:
+            expected = field_type.__name__
+            raise ValueError(f"config.{field} expects {expected}, got {text!r}") from None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if field_type in (tuple, list):
+            expected = "a tuple such as (1, 2)"
+            raise ValueError(f"config.{field} expects {expected}, got {text!r}") from None
+        return text
+    return tuple(value) if isinstance(value, list) else value
 
 
-def check_override_fields(config: ml_collections.ConfigDict, argv: list[str]) -> None:
-    """Raises ValueError naming any `--config.<path>=...` whose field does not exist in `config`,
-    with the fields that do exist at that level (ml_collections' own error is a bare KeyError)."""
-    for argument in argv:
-        if not argument.startswith(CONFIG_OVERRIDE_PREFIX):
-            continue
-        dotted = argument[len(CONFIG_OVERRIDE_PREFIX) :].partition("=")[0]
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | None, frozen=()
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with `{"dotted.field": value}` overrides: the one way every command and
+    the sweeps change a config. Strings (from the command line, `--config.mix.epsilon=0.5`) are
+    parsed to the field's type (placeholders included); other values are set as they are.
+
+    Raises ValueError naming `config.<field>`: a field that does not exist (with the fields that
+    do at that level), a value of the wrong type, or a field under one of the `frozen` prefixes
+    (e.g. "model": the checkpoint fixes the model).
+    """
+    config = copy.deepcopy(config)
+    for dotted, value in (overrides or {}).items():
+        if any(dotted == prefix or dotted.startswith(prefix + ".") for prefix in frozen):
+            raise ValueError(f"config.{dotted} cannot be changed here (the run fixes it)")
+        *parents, leaf = dotted.split(".")
         node, walked = config, "config"
-        for name in dotted.split("."):
+        for name in (*parents, leaf):
             if not isinstance(node, ml_collections.ConfigDict) or name not in node:
                 fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 raise ValueError(
-                    f"{CONFIG_OVERRIDE_PREFIX}{dotted}: {walked} has no field {name!r}; "
-                    f"expected one of {fields}"
+                    f"--config.{dotted}: {walked} has no field {name!r}; expected one of {fields}"
                 )
-            node, walked = node[name], f"{walked}.{name}"
+            parent, node, walked = node, node[name], f"{walked}.{name}"
+        if isinstance(value, str):
+            value = _parse(value, parent.get_ref(leaf).get_type(), dotted)
+        try:
+            parent[leaf] = value
+        except TypeError as error:
+            raise ValueError(f"config.{dotted} = {value!r}: {error}") from None
+    return config
 
 
 def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections.ConfigDict:
@@ -145,6 +187,9 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.distributed_process_id = config_dict.placeholder(int)
     config.tensorboard = True
     config.progress_bar = True
+    # The paper's best test top-1 (%) for this config's row (None: no paper row). The experiment
+    # file is the one place a figure is written; evaluation reports read it from here.
+    config.paper_top1 = config_dict.placeholder(float)
     return config
 
 
@@ -203,11 +248,6 @@ def _require_positive(field: str, value, *, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
         _fail(field, value, "a positive " + ("integer" if integer else "number"))
-
-
-def resolve_stage(stage: str, stage_names: Sequence[str]) -> str:
-    """Returns the model stage named by `config.mix.stage` ("last" -> the last feature map)."""
-    return stage_names[-1] if stage == LAST_STAGE else stage
 
 
 def model_stage_names(model_config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -15,7 +15,6 @@ import socket
 import time
 
 import tqdm
-from absl import flags, logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -23,13 +22,6 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 _EVENT_FILE_NUMBERS = itertools.count()
-
-
-def quiet_library_logs() -> None:
-    """For command-line entry points: absl logging at WARNING unless `--verbosity` was given
-    (orbax logs every checkpoint operation at INFO)."""
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
 
 
 def read_metrics(workdir) -> list[dict]:

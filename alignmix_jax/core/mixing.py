@@ -11,7 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from alignmix_jax import _checks
+from alignmix_jax.core import _checks
 
 # OpenCV's StaticSaliencySpectralResidual blurs the saliency map with a 5x5 Gaussian, sigma 8.
 _BLUR_SIZE = 5

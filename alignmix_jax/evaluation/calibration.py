@@ -82,11 +82,6 @@ def bin_statistics_from_logits(
     return bin_statistics(probabilities.max(axis=-1), correct, mask, num_bins=num_bins)
 
 
-def add_bin_statistics(first: BinStatistics, second: BinStatistics) -> BinStatistics:
-    """Field-wise sum of two `BinStatistics` (e.g. accumulated over batches)."""
-    return BinStatistics(*(a + b for a, b in zip(first, second, strict=True)))
-
-
 def _bin_means(stats: BinStatistics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     counts = np.asarray(stats.counts, np.float64)
     total = counts.sum()

@@ -41,7 +41,7 @@ from ott.geometry import costs, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
-from alignmix_jax import _checks
+from alignmix_jax.core import _checks
 
 _MAX_CHECK_INTERVAL = 10
 # Every matmul that touches raw features (the cost, the moves `R @ b`) runs in full float32.

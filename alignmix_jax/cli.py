@@ -1,0 +1,88 @@
+"""What every command shares: process set-up, `--config.<field>=<value>` overrides, logging, and
+errors that end a command with one line instead of a traceback.
+
+The commands (`python -m alignmix_jax.main | sweep | evaluate | visualize`) each define their flags
+and call `run(main_fn)`. `configure_runtime()` must run before JAX starts its backend (the first
+computation or device query: importing jax first is fine) and before TensorFlow is imported; the
+benchmarks and the tests call it too.
+"""
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+CPU_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+OVERRIDE_PREFIX = "--config."
+
+
+def configure_runtime() -> None:
+    """Multi-core CPU convolutions (XLA's YNN fusion, same numbers) unless `XLA_FLAGS` already sets
+    it, and TensorFlow's C++ logs at warnings unless `TF_CPP_MIN_LOG_LEVEL` is set. Idempotent."""
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if "ynn_fusion" not in xla_flags:
+        os.environ["XLA_FLAGS"] = f"{xla_flags} {CPU_FUSION_FLAG}".strip()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates `--config.a.b=value` arguments from the others: `(rest, {"a.b": "value"})`."""
+    rest, overrides = [], {}
+    for argument in argv:
+        if argument.startswith(OVERRIDE_PREFIX):
+            field, separator, value = argument[len(OVERRIDE_PREFIX) :].partition("=")
+            if not separator:
+                raise ValueError(f"argv: {argument!r} must read --config.<field>=<value>")
+            overrides[field] = value
+        else:
+            rest.append(argument)
+    return rest, overrides
+
+
+def quiet_library_logs() -> None:
+    """absl logging at WARNING unless `--verbosity` was given (orbax logs every checkpoint
+    operation at INFO)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def define_run_flags() -> None:
+    """`--workdir` and `--checkpoint`, for the commands that read a trained run."""
+    flags.DEFINE_string("workdir", None, "Run directory written by the trainer.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which weights to load.")
+    flags.mark_flag_as_required("workdir")
+
+
+def run(main_fn: Callable[[dict[str, str]], None]) -> None:
+    """Runs a command: `main_fn(overrides)` under absl after its flags are parsed, with the
+    `--config.<field>=<value>` arguments as `{"field": "value"}` overrides.
+
+    A ValueError (bad input) or a diverged training ends the command with `error: <message>` and
+    status 1 (the traceback only with `--verbosity`); a run stopped by SIGTERM or SIGINT with its
+    message and status 128 + the signal number.
+    """
+    from alignmix_jax.trainer import train
+
+    configure_runtime()
+    try:
+        sys.argv, overrides = split_config_overrides(sys.argv)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        quiet_library_logs()
+        try:
+            main_fn(overrides)
+        except train.RunInterrupted as stop:
+            print(stop, file=sys.stderr, flush=True)
+            sys.exit(128 + signal.Signals[stop.signal_name].value)
+        except (ValueError, train.TrainingDivergedError) as error:
+            if flags.FLAGS["verbosity"].present:
+                raise
+            sys.exit(f"error: {error}")
+
+    app.run(main)

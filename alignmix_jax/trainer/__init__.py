@@ -1,0 +1,3 @@
+"""The generic trainer: configs (`experiment_config`), the train and eval steps and loop (`train`),
+checkpoints (`checkpointing`), what a run reports (`run_summary`, `logging_utils`) and the device
+mesh (`parallel`)."""
