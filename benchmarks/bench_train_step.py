@@ -3,6 +3,14 @@ ratio to `none`, measured in one run. Targets: alignmix >= 0.95x none, alignmixu
 
     python benchmarks/bench_train_step.py                       # the paper's model, all devices
     python benchmarks/bench_train_step.py --base_width 16 --steps 5   # a quick CPU check
+    python benchmarks/bench_train_step.py --cpu_devices 8 --partners global,device \
+        --methods input_mixup,alignmix,alignmixup   # what gathering partners costs
+
+With several partner modes, each method runs with each, and the table gives the global/device
+ratio: what gathering each example's partner from the whole global batch costs against pairing
+within each device's shard (target: at most 3% at CIFAR shapes). The cost of the alignment
+diagnostics the step logs (`plan_statistics`, `mean_position_norm`) is timed alone at the step's
+shapes and given as a share of the alignmixup step (target: under 1%).
 
 Every method is compiled and warmed up (2 steps) first; then `--steps` rounds time one blocked step
 of each method in turn, and each method's median is reported. Prints a Markdown table and one
@@ -22,6 +30,7 @@ import jax
 import numpy as np
 
 from alignmix_jax import cli, models
+from alignmix_jax.core.ot import mean_position_norm, plan_statistics
 from alignmix_jax.trainer import experiment_config, parallel, train
 
 WARMUP_STEPS = 2
@@ -38,6 +47,7 @@ class StepCase:
     compute_dtype: str = "float32"
     base_width: int = 64
     stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
+    partner: str = "global"
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compute_dtype", default="float32", choices=tuple(train.COMPUTE_DTYPES))
     parser.add_argument("--methods", default=",".join(experiment_config.METHODS))
+    parser.add_argument("--partners", default="global", help="comma-separated: global, device")
+    parser.add_argument("--cpu_devices", type=int, default=None, help="simulated CPU devices")
     return parser.parse_args()
 
 
@@ -68,6 +80,7 @@ def build_step(case: StepCase, mesh) -> Callable[[], float]:
     config.model.base_width = case.base_width
     config.model.stage_sizes = case.stage_sizes
     config.mix.method = case.method
+    config.mix.partner = case.partner
     model = models.build_model(
         config.model, NUM_CLASSES, axis_name="data", dtype=train.COMPUTE_DTYPES[case.compute_dtype]
     )
@@ -120,26 +133,61 @@ def images_per_sec(batch_size: int, seconds: list[float]) -> dict[str, float]:
     }
 
 
+def diagnostics_seconds(batch_size: int, base_width: int, rounds: int) -> float:
+    """Median seconds of the alignment diagnostics alone at the step's shapes: a (B, 16, 16) plan
+    and (B, 4, 4, 8 * base_width) features."""
+    rng = np.random.default_rng(0)
+    plan = rng.dirichlet(np.ones(16), size=(batch_size, 16)).astype(np.float32) / 16
+    features = rng.normal(size=(batch_size, 4, 4, 8 * base_width)).astype(np.float32)
+    diagnostics = jax.jit(lambda p, f: (plan_statistics(p), mean_position_norm(f)))
+    jax.block_until_ready(diagnostics(plan, features))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(diagnostics(plan, features))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     cli.configure_runtime()  # before JAX starts its backend
     args = parse_args()
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     mesh = parallel.make_data_mesh()
+    partners = args.partners.split(",")
     cases = [
-        StepCase(method, args.batch_size, args.compute_dtype, args.base_width)
+        StepCase(method, args.batch_size, args.compute_dtype, args.base_width, partner=partner)
         for method in args.methods.split(",")
+        for partner in (partners if method != "none" else partners[:1])
     ]
     # Built one after another here: the table is also run on small CPU hosts.
     times = time_steps(build_steps(cases, mesh, workers=1), args.steps)
-    rates = {case.method: images_per_sec(case.batch_size, t)["median"] for case, t in times.items()}
-    baseline = rates.get("none")
+    rates = {case: images_per_sec(case.batch_size, t)["median"] for case, t in times.items()}
+    baseline = next((rate for case, rate in rates.items() if case.method == "none"), None)
+    by_method = {}
+    for case, rate in rates.items():
+        by_method.setdefault(case.method, {})[case.partner] = rate
     print(
         f"\nPreActResNet-18 (width {args.base_width}), batch {args.batch_size}, "
         f"{args.compute_dtype}, {mesh.size} x {jax.devices()[0].device_kind}"
     )
-    print("| method | images/s | ratio to none |\n|---|---|---|")
-    for method, rate in rates.items():
-        ratio = f"{rate / baseline:.3f}" if baseline else "-"
-        print(f"| {method} | {rate:.1f} | {ratio} |")
+    header = " | ".join(f"{partner} images/s | {partner} / none" for partner in partners)
+    print(f"| method | {header} | global / device |\n|---|" + "---|" * (2 * len(partners) + 1))
+    for method, by_partner in by_method.items():
+        cells = []
+        for partner in partners:
+            rate = by_partner.get(partner)
+            cells.append("- | -" if rate is None else f"{rate:.1f} | {rate / baseline:.3f}")
+        ratio = by_partner["global"] / by_partner["device"] if len(by_partner) == 2 else None
+        print(f"| {method} | {' | '.join(cells)} | {'-' if ratio is None else f'{ratio:.3f}'} |")
+    aligned = [t for case, t in times.items() if case.method == "alignmixup"]
+    diagnostics_share = None
+    if aligned:
+        diagnostics_share = diagnostics_seconds(args.batch_size, args.base_width, args.steps) / (
+            statistics.median(aligned[0])
+        )
+        print(f"alignment diagnostics: {100 * diagnostics_share:.2f}% of the alignmixup step")
     print(
         json.dumps(
             {
@@ -149,8 +197,14 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "base_width": args.base_width,
                 "compute_dtype": args.compute_dtype,
-                "images_per_sec": rates,
-                "ratio_to_none": {m: r / baseline for m, r in rates.items()} if baseline else None,
+                "images_per_sec": by_method,
+                "ratio_to_none": {
+                    method: {p: r / baseline for p, r in by_partner.items()}
+                    for method, by_partner in by_method.items()
+                }
+                if baseline
+                else None,
+                "diagnostics_share_of_alignmixup_step": diagnostics_share,
             }
         )
     )

@@ -107,6 +107,14 @@ def _example_keys(key, batch: int, name: str = "key") -> jax.Array:
     return jax.random.split(key, batch)
 
 
+def _pasting_inputs(key, x, x_partner, lam):
+    """CutMix's and SaliencyMix's arguments validated: `((B,) keys, x, x_partner, lam (B,))`."""
+    x, x_partner = _images_pair(x, x_partner)
+    batch = x.shape[0]
+    lam = jnp.broadcast_to(_checks.lam_array(lam, batch), (batch,))
+    return _example_keys(key, batch), x, x_partner, lam
+
+
 def cutmix(key, x, x_partner, lam):
     """CutMix: paste a box of each partner image into the image, one box per example.
 
@@ -124,10 +132,8 @@ def cutmix(key, x, x_partner, lam):
       `(mixed, lam_corrected)`: `(B, H, W, C)` in `x`'s dtype, and float32 `(B,)`, the fraction
       of each image's pixels that came from `x` (the label weight of `y`).
     """
-    x, x_partner = _images_pair(x, x_partner)
-    batch, height, width, _ = x.shape
-    keys = _example_keys(key, batch)
-    lam = jnp.broadcast_to(_checks.lam_array(lam, batch), (batch,))
+    keys, x, x_partner, lam = _pasting_inputs(key, x, x_partner, lam)
+    _, height, width, _ = x.shape
 
     def centre(example_key):
         key_y, key_x = jax.random.split(example_key)
@@ -215,10 +221,8 @@ def saliencymix(key, x, x_partner, lam):
       `(mixed, lam_corrected)`: `(B, H, W, C)` in `x`'s dtype, and float32 `(B,)`, the fraction
       of each image's pixels that came from `x` (the label weight of `y`).
     """
-    x, x_partner = _images_pair(x, x_partner)
+    keys, x, x_partner, lam = _pasting_inputs(key, x, x_partner, lam)
     batch, _, width, _ = x.shape
-    keys = _example_keys(key, batch)
-    lam = jnp.broadcast_to(_checks.lam_array(lam, batch), (batch,))
     saliency = spectral_residual_saliency(x_partner).reshape(batch, -1)
     is_peak = saliency >= saliency.max(axis=1, keepdims=True)
     peak = jax.vmap(jax.random.categorical)(keys, jnp.where(is_peak, 0.0, -jnp.inf))
