@@ -1,8 +1,13 @@
-"""Test-wide JAX set-up: 8 simulated CPU devices and multi-core CPU convolutions.
+"""Test-wide JAX set-up: 8 simulated CPU devices, multi-core CPU convolutions, quick compiles.
 
-Both settings must happen before JAX is first used, so they live here, at import time.
+These settings must happen before JAX is first used, so they live here, at import time. The tests
+compile far more programs than they run steps of, so XLA's CPU backend compiles them without its
+expensive optimisations (a third less time for the suite; the programs compute the same numbers
+up to the float32 rounding that the tests' tolerances allow for). Child processes inherit the
+flags through the environment.
 """
 
+import os
 import pathlib
 
 import jax
@@ -10,6 +15,8 @@ import pytest
 
 from alignmix_jax import cli
 
+QUICK_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILE_FLAGS}".strip()
 cli.configure_runtime()
 jax.config.update("jax_num_cpu_devices", 8)
 

@@ -26,9 +26,9 @@ from alignmix_jax.trainer import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_STEPS = 24
-CHECKPOINT_EVERY = 6
-SIGTERM_STEP = 9  # between the checkpoints at 6 and 12
+NUM_STEPS = 16
+CHECKPOINT_EVERY = 4
+SIGTERM_STEP = 6  # between the checkpoints at 4 and 8
 DEADLINE_SEC = 600
 ARGS = [
     "--config=experiments/quickstart.py:smoke",

@@ -14,7 +14,12 @@ from alignmix_jax import data
 from alignmix_jax.evaluation import pictures, report
 from alignmix_jax.trainer import checkpointing, experiment_config, train
 
-EVAL_OVERRIDES = {"evaluation.batch_size": 128}
+# PGD in 3 steps of 4/255 (the default: 7 of 2/255) reaches the whole 8/255 ball at less cost.
+EVAL_OVERRIDES = {
+    "evaluation.batch_size": 128,
+    "evaluation.pgd_steps": 3,
+    "evaluation.pgd_step_size": 4 / 255,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def test_evaluation_matches_trainer_and_writes_files(trained_workdir, results):
     eval_dir = workdir / "eval"
     on_disk = json.loads((eval_dir / "results.json").read_text())
     assert on_disk["metrics"] == pytest.approx(metrics)
-    assert on_disk["settings"]["pgd_steps"] == 7
+    assert on_disk["settings"]["pgd_steps"] == 3
     assert on_disk["settings"]["epsilon"] == pytest.approx(8 / 255)
     table = (eval_dir / "results.md").read_text()
     assert f"| Top-1 accuracy | {metrics['top1_accuracy']:.2f} |" in table

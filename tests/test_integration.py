@@ -8,7 +8,7 @@ from tensorboard.util import tensor_util
 
 from alignmix_jax.trainer import experiment_config, logging_utils, train
 
-FASHION_MNIST_STEPS = 200
+FASHION_MNIST_STEPS = 120  # 69.56% test top-1 measured
 FASHION_MNIST_MIN_TOP1 = 65.0
 
 

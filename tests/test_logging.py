@@ -67,7 +67,7 @@ def test_writing_events_never_imports_tensorflow_even_when_installed(tmp_path):
     is installed, seconds and gigabytes); the logger must not."""
     code = (
         "import sys\n"
-        "from alignmix_jax import logging_utils, train\n"
+        "from alignmix_jax.trainer import logging_utils, train\n"
         f"logger = logging_utils.MetricLogger({str(tmp_path)!r}, 1, progress_bar=False)\n"
         "logger.write(1, {'train_loss': 1.0})\n"
         "logger.close()\n"

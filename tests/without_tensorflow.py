@@ -1,7 +1,7 @@
 """Runs `python -m MODULE ARGS...` or `python -c CODE` as on a machine without TensorFlow.
 
     python tests/without_tensorflow.py alignmix_jax.main --config experiments/quickstart.py ...
-    python tests/without_tensorflow.py -c "import alignmix_jax.train"
+    python tests/without_tensorflow.py -c "import alignmix_jax.trainer.train"
 
 Every import finder is wrapped so that it does not find `tensorflow` or its submodules: `import
 tensorflow` raises ModuleNotFoundError and `importlib.util.find_spec("tensorflow")` is None, as

@@ -221,7 +221,8 @@ def visualize_workdir(
       ``{"decoder": dir, "decoder_losses": [...] (empty when reloaded), "mixing": [png, ...],
       "plans": [png, ...]}``.
     """
-    from alignmix_jax import checkpointing, data
+    from alignmix_jax import data
+    from alignmix_jax.trainer import checkpointing
 
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")

@@ -245,7 +245,8 @@ def evaluate_workdir(
     Returns:
       ``{"metrics": {name: percent}, "paper": {...}, "settings": {...}, "files": {...}, ...}``.
     """
-    from alignmix_jax import checkpointing, data
+    from alignmix_jax import data
+    from alignmix_jax.trainer import checkpointing
 
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
