@@ -12,7 +12,7 @@ in DIR/<point>/seed<seed>, seed by seed (every point of the first seed before th
 a partial sweep covers every point. Runs whose workdir holds a summary are skipped, so rerunning
 resumes the sweep (and, after the printed commands ran elsewhere, just collects their results).
 Writes DIR/results.csv, one row per run (point, seed, test top-1 final / best / median of the
-last evals, with a validation split the test top-1 at the best validation step, images/s), and
+last evals, with a validation split its best top-1 and the test top-1 at that step, images/s), and
 DIR/results.md, per point and metric the mean, standard deviation and 95% confidence interval
 (Student t) over the seeds.
 """
@@ -51,6 +51,7 @@ METRICS = (
     "final_top1",
     "best_top1",
     "median_last_top1",
+    "validation_best_top1",
     "test_top1_at_best_validation",
     "images_per_sec",
 )
@@ -184,12 +185,14 @@ def run_sweep(
             summary = train_fn(config, workdir / run_dir)
         else:
             print(f"[sweep] {run_dir} already finished, skipped", flush=True)
+        flat = {f"validation_{k}": v for k, v in summary.get("validation", {}).items()}
+        flat.update(summary)
         rows.append(
             {
                 "point": name,
                 "overrides": json.dumps(overrides, sort_keys=True),
                 "seed": seed,
-                **{column: summary.get(column) for column in RESULT_COLUMNS[3:]},
+                **{column: flat.get(column) for column in RESULT_COLUMNS[3:]},
             }
         )
         write_results(workdir, rows)

@@ -1,9 +1,11 @@
 """What a run does when things go wrong: a diverging loss, a resume with another config, a workdir
-that cannot be written; and what it logs: mixing switched off after an epoch, the alignment."""
+that cannot be written, a signal; and what it logs and reports: mixing switched off after an epoch,
+the alignment, a validation split."""
 
 import json
 import math
 import os
+import signal
 
 import jax
 import numpy as np
@@ -113,3 +115,34 @@ def test_mixing_stops_after_its_epoch_and_the_alignment_is_logged(tmp_path):
             assert not set(method.DIAGNOSTICS[1:]) & set(record)
     assert any(r["lam"] < 1.0 for r in records[:off_after])
     assert any(r["aligned_fraction"] == 1.0 for r in records[:off_after])
+
+
+def test_sigint_and_sigterm_ask_the_loop_to_stop_after_the_step():
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with train.StopSignals() as signals:
+            assert not signals.should_stop(1)
+            os.kill(os.getpid(), signum)
+            assert signals.should_stop(2) and signals.received == signal.Signals(signum).name
+        assert signal.getsignal(signum) is not signals._handle  # the previous handler is back
+
+
+def test_a_validation_split_selects_the_best_weights_and_is_summarised(tmp_path):
+    config = smoke(6, **{
+        "data.train_split": "train[:1200](stratified)",
+        "data.validation_split": "train[1200:](stratified)",
+        "eval_every_steps": 2,
+    })
+    summary = train.train_and_evaluate(config, tmp_path)
+    records = [r for r in logging_utils.read_metrics(tmp_path) if "eval_top1" in r]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    validation = [r["validation_top1"] for r in records]
+    test = [r["eval_top1"] for r in records]
+    best = max(range(3), key=lambda k: (validation[k], -k))  # the first of equal bests
+    assert summary["selected_on"] == "validation"
+    assert summary["validation"]["best_top1"] == validation[best]
+    assert summary["validation"]["best_step"] == records[best]["step"]
+    assert summary["test_top1_at_best_validation"] == test[best]
+    assert summary["best_top1"] == max(test) and summary["final_top1"] == test[-1]
+    assert summary["median_last_top1"] == sorted(test)[1]
+    best_dirs = [int(p.name) for p in (tmp_path / checkpointing.BEST_DIR).iterdir()]
+    assert best_dirs == [records[best]["step"]]  # best/ holds the validation-selected weights

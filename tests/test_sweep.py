@@ -138,3 +138,19 @@ def test_print_commands_gives_one_valid_training_command_per_point(tiny_ablation
         _, overrides = cli.split_config_overrides(shlex.split(command))
         parsed = experiment_config.apply_overrides(base, overrides)
         assert parsed.to_dict() == run[4].to_dict()
+
+
+def test_validation_figures_reach_the_tables(tiny_ablation, tmp_path):
+    def train_fn(config, workdir):
+        summary = {"final_top1": 90.0, "best_top1": 92.0, "best_step": 7, "median_last_top1": 91.0,
+                   "images_per_sec": 1.0, "steps": 10, "validation": {"best_top1": 88.0},
+                   "test_top1_at_best_validation": 89.5}
+        workdir.mkdir(parents=True)
+        (workdir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    rows = sweep.run_sweep(str(tiny_ablation), tmp_path / "sweep", train_fn=train_fn)
+    assert rows[0]["validation_best_top1"] == 88.0
+    assert rows[0]["test_top1_at_best_validation"] == 89.5
+    header = (tmp_path / "sweep" / "results.md").read_text().splitlines()[2]
+    assert "validation_best_top1 | test_top1_at_best_validation" in header

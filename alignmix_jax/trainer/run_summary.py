@@ -19,8 +19,8 @@ def evaluation_splits(data_config) -> dict[str, str]:
     """{"validation": split (when data.validation_split is set), "test": data.eval_split}."""
     splits = {}
     if data_config.get("validation_split") is not None:
-        splits[VALIDATION] = data_config.validation_split
-    splits[TEST] = data_config.eval_split
+        splits[VALIDATION] = data_config["validation_split"]
+    splits[TEST] = data_config["eval_split"]
     return splits
 
 
