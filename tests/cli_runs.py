@@ -89,11 +89,13 @@ def command(*args: str) -> list[str]:
 
 def environment(devices: int = 1, **hooks: str) -> dict:
     """The child's environment: CPU with `devices` simulated devices, no cluster auto-detection,
-    the repository importable, and the given hook variables."""
+    the suite's compilation cache (see conftest), the repository importable, and the given hook
+    variables."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("JAX_", "TPU_", "SLURM_", "OMPI_", "PMI_"))
+        or key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))
     }
     env.update(
         JAX_PLATFORMS="cpu",

@@ -5,10 +5,17 @@ compile far more programs than they run steps of, so XLA's CPU backend compiles 
 expensive optimisations (a third less time for the suite; the programs compute the same numbers
 up to the float32 rounding that the tests' tolerances allow for). Child processes inherit the
 flags through the environment.
+
+The many short training runs launched as child processes compile the same programs again; a
+persistent compilation cache, fresh for each session of the suite, lets them reuse what an earlier
+one compiled (the same executables, so the same numbers).
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -18,6 +25,15 @@ from alignmix_jax import cli
 QUICK_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILE_FLAGS}".strip()
 cli.configure_runtime()
+COMPILATION_CACHE = {
+    "jax_compilation_cache_dir": tempfile.mkdtemp(prefix="alignmix_jax_test_compiles_"),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+for option, value in COMPILATION_CACHE.items():
+    jax.config.update(option, value)
+    os.environ[option.upper()] = str(value)  # for the child processes (see cli_runs.environment)
+atexit.register(shutil.rmtree, COMPILATION_CACHE["jax_compilation_cache_dir"], ignore_errors=True)
 jax.config.update("jax_num_cpu_devices", 8)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
