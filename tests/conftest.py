@@ -23,7 +23,16 @@ import pytest
 from alignmix_jax import cli
 
 QUICK_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILE_FLAGS}".strip()
+# 8 simulated devices share the CPU's intra-op thread pool (2 threads on a 2-core machine). With it,
+# a device whose work finishes on a pool thread runs on into the next collective there and blocks
+# that thread until every device arrives; once every pool thread is so blocked, a device still
+# waiting for a pool thread never arrives, and after 40 s XLA aborts the process ("Termination
+# timeout for `all gather` ... only 7 of them arrived"), seen in about 1 Fashion-MNIST run in 3 on
+# a loaded 2-core machine. Single-threaded kernels keep each device on its own thread.
+DEVICE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), QUICK_COMPILE_FLAGS, DEVICE_THREAD_FLAGS]
+).strip()
 cli.configure_runtime()
 COMPILATION_CACHE = {
     "jax_compilation_cache_dir": tempfile.mkdtemp(prefix="alignmix_jax_test_compiles_"),
