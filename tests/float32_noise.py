@@ -7,9 +7,8 @@ itself: run the reference again from the initial parameters moved by one unit in
 relative 2**-23, each entry up or down at random), and again with every mean over the devices off
 by the rounding a sum in another order can make (`pmean_in_another_order`: 2**-23 of the mean of
 the terms' magnitudes, which is large where the terms cancel), and allow `NOISE_MARGIN` times the
-larger difference either makes. A defect (wrong rows, a missing gradient mean, a
-skipped step, per-device partners) moves parameters by orders of magnitude more; the tests check
-that too.
+larger difference either makes. A defect (wrong rows, a missing gradient mean, a skipped step,
+per-device partners) moves parameters by orders of magnitude more; the tests check that too.
 """
 
 import jax
@@ -29,7 +28,7 @@ def perturb_by_one_ulp(tree, seed: int = 0):
     def perturb(leaf):
         leaf = np.asarray(leaf)
         signs = rng.choice(np.array([-1.0, 1.0], leaf.dtype), leaf.shape)
-        return leaf * (1 + signs * np.asarray(2.0**-23, leaf.dtype))
+        return leaf * (1 + signs * np.asarray(ULP, leaf.dtype))
 
     return jax.tree.map(perturb, tree)
 
