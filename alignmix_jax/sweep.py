@@ -12,7 +12,8 @@ in DIR/<point>/seed<seed>, seed by seed (every point of the first seed before th
 a partial sweep covers every point. Runs whose workdir holds a summary are skipped, so rerunning
 resumes the sweep (and, after the printed commands ran elsewhere, just collects their results).
 Writes DIR/results.csv, one row per run (point, seed, test top-1 final / best / median of the
-last evals, with a validation split its best top-1 and the test top-1 at that step, images/s), and
+last evals, with a validation split its best top-1 and the test top-1 at that step, images/s, wall
+time and the machine it trained on), and
 DIR/results.md, per point and metric the mean, standard deviation and 95% confidence interval
 (Student t) over the seeds.
 """
@@ -55,7 +56,9 @@ METRICS = (
     "test_top1_at_best_validation",
     "images_per_sec",
 )
-RESULT_COLUMNS = ("point", "overrides", "seed", *METRICS, "best_step", "steps")
+RESULT_COLUMNS = (
+    "point", "overrides", "seed", *METRICS, "best_step", "steps", "wall_time_sec", "machine"
+)
 CONFIDENCE = 0.95
 
 

@@ -91,7 +91,8 @@ def by_hand(model, variables, images, labels, out, mix, key):
         expected = {"aligned": 1.0, "plan_marginal_l1": statistics["column_marginal_l1"],
                     "plan_row_max": statistics["row_max"],
                     "plan_column_coverage": statistics["column_coverage"],
-                    "feature_norm": np.linalg.norm(flat, axis=-1).mean()}
+                    "feature_norm": np.linalg.norm(flat, axis=-1).mean(),
+                    "pooled_gap_to_linear": pooled_gap(mixed, features, features[partner], lam)}
     else:
         mixed = mixup(features, features[partner], lam)
         expected = dict.fromkeys(method.DIAGNOSTICS, 0.0)
@@ -99,6 +100,17 @@ def by_hand(model, variables, images, labels, out, mix, key):
         np.testing.assert_allclose(out.diagnostics[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
     logits, variables = train_apply(model, variables, mixed, start_at=stage)
     return logits, variables["batch_stats"]
+
+
+def pooled_gap(aligned, a, b, lam):
+    """By hand: mean over the batch of the relative distance between the position-means of the
+    aligned mix and of the linear mix lam a + (1 - lam) b."""
+    lam = np.asarray(lam, np.float64).reshape(-1, 1)
+    pooled_aligned = np.asarray(aligned, np.float64).mean((1, 2))
+    pooled_linear = lam * np.asarray(a, np.float64).mean((1, 2)) + (1 - lam) * np.asarray(
+        b, np.float64).mean((1, 2))
+    gap = np.linalg.norm(pooled_aligned - pooled_linear, axis=-1)
+    return (gap / np.linalg.norm(pooled_linear, axis=-1)).mean()
 
 
 def assert_close_trees(a, b, rtol=1e-5, atol=1e-5):

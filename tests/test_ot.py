@@ -10,7 +10,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy.special import logsumexp
 
 from alignmix_jax import align, align_mix, sinkhorn_plan
-from alignmix_jax.core.ot import align_mix_with_plan, mean_position_norm, plan_statistics
+from alignmix_jax.core.ot import (
+    align_mix_with_plan,
+    mean_position_norm,
+    plan_statistics,
+    pooled_relative_gap,
+)
 
 TRAINED_FEATURES = pathlib.Path(__file__).parent / "fixtures" / "trained_features.npz"
 
@@ -413,3 +418,23 @@ def test_value_checks_are_skipped_for_traced_lam_and_epsilon(maps):
         jax.jit(lambda x: align_mix(x, b, 0.5, direction=0, epsilon=0.0))(a)
     with pytest.raises(ValueError, match=r"direction must be 0 or 1, got 2"):
         jax.jit(lambda x: align_mix(x, b, 0.5, direction=np.int32(2)))(a)
+
+
+def test_pooled_gap_is_zero_for_exact_marginals_and_the_column_error_otherwise():
+    """Pooling lam a + (1 - lam) r P b gives lam mean(a) + (1 - lam) sum_j c_j b_j (c_j = r times
+    P's column sums): the linear mix's pool exactly when P's columns are exact."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(3, 4, 5)).astype(np.float32) for _ in range(2))
+    lam = 0.3
+    linear = lam * a + (1 - lam) * b
+    permutation = np.eye(4, dtype=np.float32)[[2, 0, 3, 1]] / 4
+    exact = lam * a + (1 - lam) * np.asarray(align(a, b, np.broadcast_to(permutation, (3, 4, 4))))
+    assert float(pooled_relative_gap(exact, linear)) < 1e-6
+    onto_first = np.zeros((3, 4, 4), np.float32)
+    onto_first[:, :, 0] = 0.25  # every position takes b's first: column sums (1, 0, 0, 0)
+    collapsed = lam * a + (1 - lam) * np.asarray(align(a, b, onto_first))
+    expected = np.linalg.norm((1 - lam) * (b[:, 0] - b.mean(1)), axis=-1) / np.linalg.norm(
+        linear.mean(1), axis=-1)
+    np.testing.assert_allclose(pooled_relative_gap(collapsed, linear), expected.mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="reference"):
+        pooled_relative_gap(a, b[:, :3])

@@ -36,15 +36,22 @@ import jax
 import jax.numpy as jnp
 
 from alignmix_jax.core.mixing import cutmix, mixup, saliencymix, sample_lam
-from alignmix_jax.core.ot import align_mix_with_plan, mean_position_norm, plan_statistics
+from alignmix_jax.core.ot import (
+    align_mix_with_plan,
+    mean_position_norm,
+    plan_statistics,
+    pooled_relative_gap,
+)
 
 DIAGNOSTICS = ("aligned", "plan_marginal_l1", "plan_row_max", "plan_column_coverage",
-               "feature_norm")
+               "feature_norm", "pooled_gap_to_linear")
 """Scalars of `MixedForward.diagnostics`. aligned: 1 on a step that ran aligned mixing, else 0 (and
 so are the others); plan_marginal_l1: the L1 error of the plan's non-exact (column) marginal;
 plan_row_max: the mean over rows of max_j R_ij (1: a permutation, 1/s: uniform);
 plan_column_coverage: the fraction of the partner's positions that are some row's argmax;
-feature_norm: the mean L2 norm of the aligned map's positions (before mixing)."""
+feature_norm: the mean L2 norm of the aligned map's positions (before mixing);
+pooled_gap_to_linear: `ot.pooled_relative_gap` of the aligned mix against the linear mix of the
+same pair and lam, how much of the alignment survives a global average pool."""
 
 
 def _no_diagnostics() -> dict:
@@ -156,8 +163,9 @@ def make_mixed_forward(model, mix, axis_name: str | None = None):
             return mixup(features, partner_of(features), lam), _no_diagnostics()
 
         def aligned(features):
+            partner_features = partner_of(features)
             mixed, plan = align_mix_with_plan(
-                features, partner_of(features), lam, direction=direction, **ot_options
+                features, partner_features, lam, direction=direction, **ot_options
             )
             statistics = plan_statistics(plan)
             return mixed, {
@@ -166,6 +174,9 @@ def make_mixed_forward(model, mix, axis_name: str | None = None):
                 "plan_row_max": statistics["row_max"],
                 "plan_column_coverage": statistics["column_coverage"],
                 "feature_norm": mean_position_norm(features),
+                "pooled_gap_to_linear": pooled_relative_gap(
+                    mixed, mixup(features, partner_features, lam)
+                ),
             }
 
         hidden, position, diagnostics = images, "input", _no_diagnostics()

@@ -376,3 +376,28 @@ def mean_position_norm(features):
     _checks.min_rank(features, "features", 3, "(B, H, W, C) or (B, N, C)")
     _checks.floating(features, "features")
     return jnp.linalg.norm(features.astype(jnp.float32), axis=-1).mean()
+
+
+def pooled_relative_gap(mixed, reference):
+    """How far global average pooling of `mixed` lands from pooling `reference`, float32 `()`.
+
+    Args:
+      mixed: `(B, H, W, C)` maps or `(B, N, C)` tokens, e.g. the aligned mix
+        `lam A + (1 - lam) R A'`.
+      reference: the same shape, e.g. the linear mix `lam A + (1 - lam) A'` of the same pair and
+        lam.
+
+    Returns:
+      The mean over the batch of `||pool(mixed) - pool(reference)|| / ||pool(reference)||`, pool
+      the mean over positions. With R = r P and exact marginals the pooled aligned mix equals the
+      pooled linear one, so this measures what the alignment can still pass to a pooled head.
+    """
+    mixed = _checks.as_array(mixed, "mixed")
+    reference = _checks.as_array(reference, "reference")
+    _checks.min_rank(mixed, "mixed", 3, "(B, H, W, C) or (B, N, C)")
+    _checks.same_shape(mixed, reference, "mixed", "reference")
+    axes = tuple(range(1, mixed.ndim - 1))
+    pooled = mixed.astype(jnp.float32).mean(axes)
+    pooled_reference = reference.astype(jnp.float32).mean(axes)
+    gap = jnp.linalg.norm(pooled - pooled_reference, axis=-1)
+    return (gap / jnp.maximum(jnp.linalg.norm(pooled_reference, axis=-1), 1e-12)).mean()

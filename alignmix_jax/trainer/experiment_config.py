@@ -9,6 +9,7 @@ import ast
 import copy
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +46,8 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def load_config_module(spec: str, required: Sequence[str] = ("get_config",)):
-    """`path.py[:argument]` -> (the config file loaded as a module, argument or None).
+    """`path.py[:argument]` -> (the config file loaded as a module, argument or None). The
+    file may import the config files beside it (`from lowdata_cifar10 import ...`).
 
     Raises ValueError when the file does not exist or lacks a function named in `required`.
     """
@@ -54,7 +56,12 @@ def load_config_module(spec: str, required: Sequence[str] = ("get_config",)):
         raise ValueError(f"config={spec!r}: no config file at {path!r}")
     module_spec = importlib.util.spec_from_file_location("_experiment_config_file", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     for name in required:
         if not callable(getattr(module, name, None)):
             raise ValueError(f"config={spec!r}: the file defines no {name}()")

@@ -9,6 +9,8 @@ the best validation accuracy. The paper's figure is the best test top-1 over tra
 "best_top1", selected on the test set.
 """
 
+import os
+import platform
 import statistics
 
 VALIDATION = "validation"
@@ -84,3 +86,19 @@ def summarize(meta: dict, **extra) -> dict:
         summary[VALIDATION] = _split_summary(meta, VALIDATION)
         summary["test_top1_at_best_validation"] = meta["test_top1_at_best_validation"]
     return {**summary, **extra}
+
+
+def machine() -> str:
+    """The machine a run trained on, in words: CPU model and cores, and the JAX devices."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as file:
+            models = (line.split(":", 1)[1] for line in file if line.startswith("model name"))
+            cpu = next(models).strip()
+    except (OSError, StopIteration):
+        pass
+    devices = jax.devices()
+    return (f"{cpu}, {os.cpu_count()} cores; {jax.process_count()} host(s), "
+            f"{len(devices)} x {devices[0].device_kind}")

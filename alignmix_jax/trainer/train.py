@@ -469,7 +469,7 @@ def train_and_evaluate(
       `run_summary.summarize`'s summary: for the test split "final_top1", "final_top5",
       "best_top1", "best_top5", "best_step", "median_last_top1", and with a validation split
       the same under "validation" and "test_top1_at_best_validation"; plus "selected_on",
-      "images_per_sec", "steps", "wall_time_sec". Accuracies in %.
+      "images_per_sec", "steps", "wall_time_sec", "machine". Accuracies in %.
     """
     wall_start = time.perf_counter()
     workdir = prepare_workdir(workdir)
@@ -574,6 +574,7 @@ def train_and_evaluate(
         images_per_sec=throughput.median(fallback=meta.get("images_per_sec", rate)),
         steps=int(jax.device_get(state.step)),
         wall_time_sec=time.perf_counter() - wall_start,
+        machine=run_summary.machine(),
     )
     if is_writer:
         (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

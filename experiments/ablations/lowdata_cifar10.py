@@ -27,35 +27,42 @@ CIFAR10_JPEG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
     *("..", "..", "..", "shared", "data", "cifar10_jpg", "CIFAR-10-images.tar.gz"),
 )
-EXAMPLES_PER_CLASS = 500
-EPOCHS = 50
-STEPS_PER_EPOCH = 10 * EXAMPLES_PER_CLASS // 128
+BATCH_SIZE = 128
 
 
-def get_config(argument=None):
-    """The low-data CIFAR-10 base config; "smoke" shrinks it to a few steps on digits."""
+def lowdata_config(examples_per_class: int, epochs: int, eval_every_epochs: int, argument=None):
+    """Width-16 PreActResNet-18 on `examples_per_class` seeded training images of each CIFAR-10
+    class (`data.split_seed` 0: the same images for every seed), the full test set, cosine lr 0.1,
+    weight decay 5e-4, `epochs` epochs of batch 128, test top-1 every `eval_every_epochs` epochs;
+    "smoke" shrinks it to a few steps on digits."""
     config = default_config(
         "image_folder",
         path=CIFAR10_JPEG,
-        train_examples_per_class=EXAMPLES_PER_CLASS,
+        train_examples_per_class=examples_per_class,
         mean=data.OFFICIAL_CIFAR_MEAN,
         std=data.OFFICIAL_CIFAR_STD,
     )
+    steps_per_epoch = 10 * examples_per_class // BATCH_SIZE
     config.model = ml_collections.ConfigDict(
         {"name": "preact_resnet18", "stage_sizes": (2, 2, 2, 2), "base_width": 16}
     )
-    config.batch_size = 128
+    config.batch_size = BATCH_SIZE
     config.eval_batch_size = 500
-    config.num_epochs = EPOCHS
+    config.num_epochs = epochs
     config.optimizer.learning_rate = 0.1
     config.optimizer.weight_decay = 5e-4
     config.optimizer.schedule = "cosine"
-    config.eval_every_steps = 5 * STEPS_PER_EPOCH
+    config.eval_every_steps = eval_every_epochs * steps_per_epoch
     config.summary_last_evals = 3
-    config.log_every_steps = STEPS_PER_EPOCH
-    config.checkpoint_every_steps = 5 * STEPS_PER_EPOCH
+    config.log_every_steps = steps_per_epoch
+    config.checkpoint_every_steps = eval_every_epochs * steps_per_epoch
     config.progress_bar = False
     return apply_config_argument(config, argument)
+
+
+def get_config(argument=None):
+    """500 images per class, 50 epochs (1,950 steps), eval every 5 epochs."""
+    return lowdata_config(500, epochs=50, eval_every_epochs=5, argument=argument)
 
 
 def get_sweep():
