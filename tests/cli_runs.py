@@ -1,13 +1,8 @@
 """Real command-line runs in child processes, with test hooks, for the tests that need one (a run
 killed, signalled or spread over two processes).
 
-`command(*args)` runs `python -m alignmix_jax.main *args` through a launcher that installs the hooks
-asked for by environment variables:
-  SPY_DIR_ENV: after each training checkpoint, every local device's copy of the parameters goes to
-    `params_host<process>_step<step>.npz` ({dotted name: (local devices, ...)}) in that folder.
-  KILL_ENV: SIGKILL the process after an eval that follows a best-weights save made after a
-    training checkpoint and is not itself a new best (pending saves are finished first).
-  SIGNAL_ENV: "SIGTERM:5" sends that signal to the process itself right after step 5 is dispatched.
+`command(*args)` runs `python -m alignmix_jax.main *args` through `cli_hooks`, which installs the
+hooks its environment variables ask for (a spy on checkpoints, a kill, a signal).
 """
 
 import os
@@ -16,75 +11,15 @@ import subprocess
 import sys
 import time
 
+import cli_hooks
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SPY_DIR_ENV = "ALIGNMIX_TEST_SPY_DIR"
-KILL_ENV = "ALIGNMIX_TEST_KILL_AFTER_LATER_EVAL"
-SIGNAL_ENV = "ALIGNMIX_TEST_SIGNAL_AT_STEP"
-
-LAUNCHER = f"""
-import os, pathlib, runpy, signal
-import jax
-import numpy as np
-from alignmix_jax.trainer import checkpointing, train
-
-if os.environ.get("{SPY_DIR_ENV}"):
-    original_save = checkpointing.RunCheckpointer.save
-
-    def save(self, step, state, meta):
-        leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-        copies = {{
-            ".".join(str(key.key) for key in path): np.stack(
-                [np.asarray(shard.data) for shard in leaf.addressable_shards]
-            )
-            for path, leaf in leaves
-        }}
-        name = f"params_host{{jax.process_index()}}_step{{int(step)}}.npz"
-        np.savez(pathlib.Path(os.environ["{SPY_DIR_ENV}"]) / name, **copies)
-        original_save(self, step, state, meta)
-
-    checkpointing.RunCheckpointer.save = save
-
-if os.environ.get("{KILL_ENV}"):
-    original_evaluate = train._evaluate_and_keep_best
-
-    def evaluate_then_maybe_kill(eval_step, state, step, config, mesh, meta, checkpointer, *rest):
-        original_evaluate(eval_step, state, step, config, mesh, meta, checkpointer, *rest)
-        last_checkpoint = checkpointer.latest_step()
-        if last_checkpoint is not None and last_checkpoint < meta["best_step"] < step:
-            checkpointer._best.wait_until_finished()
-            checkpointer._last.wait_until_finished()
-            print(f"test hook: SIGKILL after the eval of step {{step}}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    train._evaluate_and_keep_best = evaluate_then_maybe_kill
-
-if os.environ.get("{SIGNAL_ENV}"):
-    signal_name, at_step = os.environ["{SIGNAL_ENV}"].split(":")
-    original_make_train_step = train.make_train_step
-
-    def make_train_step(*args, **kwargs):
-        step_fn = original_make_train_step(*args, **kwargs)
-
-        def signalling_step(state, batch, key):
-            step = int(jax.device_get(state.step)) + 1
-            result = step_fn(state, batch, key)
-            if step == int(at_step):
-                os.kill(os.getpid(), signal.Signals[signal_name])
-            return result
-
-        return signalling_step
-
-    train.make_train_step = make_train_step
-
-runpy.run_module("alignmix_jax.main", run_name="__main__", alter_sys=True)
-"""
 
 
 def command(*args: str) -> list[str]:
     """The argv of a CLI run through the hooking launcher."""
-    return [sys.executable, "-c", LAUNCHER, *args]
+    return [sys.executable, cli_hooks.__file__, *args]
 
 
 def environment(devices: int = 1, **hooks: str) -> dict:

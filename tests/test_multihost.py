@@ -7,16 +7,17 @@ preemption service must stop both hosts after the same step, each writing its pa
 checkpoint, and the same command then resumes both to step 8. Which step that is depends on how far
 host 0 has got when the notice reaches it (the service picks the step after the furthest host's),
 so the tests read it from the hosts' output and require only that both name the same one. A spy
-saves, at every checkpoint, the copy of the parameters held by each device, so the test sees all 8
+saves, at every checkpoint, every device's copy of the whole train state, so the test sees all 8
 copies of every step.
 
-The reference is the same config trained in this process on one host of 8 devices
-(`train.train_and_evaluate`), from the initial parameters and from them moved by one ulp: the
-difference the ulp makes after each step is the float32 noise of that step (`float32_noise`).
-Gloo sums in another order than the in-process collectives, so the two hosts may differ from the
-reference by that noise and no more. `test_the_tolerance_rejects_real_defects` shows that a host
-reading the wrong rows, a missing gradient mean or a skipped step move the parameters by orders of
-magnitude more than the tolerance.
+The reference replays each step k in this process on one host of 8 devices, from exactly the state
+the two hosts reached after step k - 1, on the batch of step k (a pure function of seed and step),
+and the hosts' state after step k must agree with it within one step's float32 rounding
+(`step_agreement`): gloo sums in another order than the in-process collectives, and one step from
+the same state cannot amplify that beyond a fraction of its own update, on any CPU. Comparing the
+two trajectories instead would let the aligned steps amplify the rounding without bound.
+`test_the_tolerance_rejects_real_defects` shows that a host reading the wrong rows, a missing mean
+over the devices or a skipped step land far outside that tolerance.
 """
 
 import json
@@ -25,11 +26,12 @@ import re
 import signal
 import socket
 
+import cli_hooks
 import cli_runs
-import float32_noise
 import jax
 import numpy as np
 import pytest
+import step_agreement
 
 from alignmix_jax import data
 from alignmix_jax.trainer import checkpointing, experiment_config, logging_utils, parallel, train
@@ -70,7 +72,7 @@ def _launch_two_hosts(root: pathlib.Path, workdir: pathlib.Path, spy_dir, name, 
             "--config.distributed_num_processes=2",
             f"--config.distributed_process_id={process_id}",
         ]
-        hooks = {cli_runs.SPY_DIR_ENV: str(spy_dir), **(host1_hooks if process_id else {})}
+        hooks = {cli_hooks.SPY_DIR_ENV: str(spy_dir), **(host1_hooks if process_id else {})}
         launched[f"{name}/{process_id}"] = cli_runs.start(
             args, root / f"{name}_{process_id}.log", devices=4, **hooks
         )
@@ -87,7 +89,7 @@ def hosts(tmp_path_factory):
     spy.mkdir()
     stopped = cli_runs.finish(
         _launch_two_hosts(
-            root, workdir, spy, "stopped", **{cli_runs.SIGNAL_ENV: f"SIGTERM:{STOP_AFTER}"}
+            root, workdir, spy, "stopped", **{cli_hooks.SIGNAL_ENV: f"SIGTERM:{STOP_AFTER}"}
         ),
         DEADLINE_SEC,
         expected_returncode=128 + signal.SIGTERM,
@@ -121,76 +123,84 @@ def _config():
     return config
 
 
-def _train_in_process(workdir, monkeypatch, perturb=False, reorder_means=False):
-    """Trains `_config()` here on 8 devices; returns {step: host params} of every checkpoint.
-    `perturb`: from the initial parameters moved by one ulp; `reorder_means`: with the rounding
-    of another summation order added to every mean over the devices (`float32_noise`)."""
-    params_at = {}
-    save = checkpointing.RunCheckpointer.save
+def _hosts_state(spy_dir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
+    """Asserts that all 8 device copies (4 per host) of every leaf of the train state after
+    `step` are bitwise equal and finite; returns one copy {keystr of the leaf: array}."""
+    copies = []
+    for host in (0, 1):
+        path = cli_hooks.spy_file(spy_dir, host, step)
+        assert path.exists(), f"host {host} never checkpointed step {step}"
+        with np.load(path) as saved:
+            copies.append(dict(saved))
+    assert copies[0].keys() == copies[1].keys()
+    state = {}
+    for name in copies[0]:
+        leaf = np.concatenate([copies[0][name], copies[1][name]])
+        assert leaf.shape[0] == 8, name
+        assert np.all(np.isfinite(leaf)), name
+        for device in range(1, 8):
+            np.testing.assert_array_equal(leaf[device], leaf[0], err_msg=name)
+        state[name] = leaf[0]
+    return state
 
-    def spying_save(self, step, state, meta):
-        params_at[int(step)] = jax.device_get(state.params)
-        save(self, step, state, meta)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(checkpointing.RunCheckpointer, "save", spying_save)
-        if perturb:
-            create = train.create_train_state
+class OneHost:
+    """Replays single steps of `_config()` in this process on one host of 8 devices."""
 
-            def perturbed_state(model, optimizer, image_shape, seed, mesh):
-                state = jax.device_get(create(model, optimizer, image_shape, seed, mesh))
-                state = state.replace(params=float32_noise.perturb_by_one_ulp(state.params))
-                return parallel.replicate(state, mesh)
+    def __init__(self):
+        assert jax.device_count() == 8
+        self.config = _config()
+        self.mesh = parallel.make_data_mesh()
+        self.training = train.build_training(self.config, self.mesh)
+        initial = self.training.initial_state()
+        self.treedef = jax.tree_util.tree_structure(initial)
+        self.initial = self.leaves(initial)
+        self.names = list(self.initial)  # in the order of the tree's leaves
 
-            patch.setattr(train, "create_train_state", perturbed_state)
-        if reorder_means:
-            patch.setattr(jax.lax, "pmean", float32_noise.pmean_in_another_order)
-        train.train_and_evaluate(_config(), workdir)
-    return params_at
+    @staticmethod
+    def leaves(state) -> dict[str, np.ndarray]:
+        return {
+            jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+        }
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The global batch of step `step` (1-based), as one host reads it."""
+        config = self.config
+        stream = data.make_train_iterator(
+            config.data, config.batch_size, seed=config.seed, start_step=step - 1
+        )
+        return next(stream)
+
+    def step(self, before: dict, step: int, batch: dict | None = None, training=None):
+        """(the state after step `step` from the state `before`, both {keystr: array}; the step's
+        metrics), with the run's batch of that step (or `batch`) and `training`'s steps."""
+        training = training or self.training
+        state = jax.tree_util.tree_unflatten(self.treedef, [before[name] for name in self.names])
+        batch = parallel.shard_host_batch(self.batch(step) if batch is None else batch, self.mesh)
+        after, metrics = training.step_for(step)(
+            parallel.replicate(state, self.mesh), batch, training.base_key
+        )
+        return self.leaves(after), jax.device_get(metrics)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One host of 8 devices: {"workdir", "params" {step: params}, "tolerance" {step: float}}."""
-    assert jax.device_count() == 8
-    root = tmp_path_factory.mktemp("reference")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        params = _train_in_process(root / "run", monkeypatch)
-        noisy = _train_in_process(root / "perturbed", monkeypatch, perturb=True)
-        reordered = _train_in_process(root / "reordered", monkeypatch, reorder_means=True)
-    tolerance = {
-        step: float32_noise.noise_tolerance(params[step], noisy[step], reordered[step])
-        for step in params
-    }
-    return {"workdir": root / "run", "params": params, "tolerance": tolerance}
-
-
-def _device_copies(spy_dir: pathlib.Path, host: int, step: int) -> dict:
-    """{parameter name: (local devices, ...)} of `host` at `step`."""
-    path = spy_dir / f"params_host{host}_step{step}.npz"
-    assert path.exists(), f"host {host} never checkpointed step {step}"
-    with np.load(path) as saved:
-        return dict(saved)
-
-
-def _hosts_params(spy_dir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
-    """Asserts that all 8 device copies (4 per host) of every parameter at `step` are bitwise
-    equal and finite; returns one copy {dotted name: array}."""
-    host0, host1 = _device_copies(spy_dir, 0, step), _device_copies(spy_dir, 1, step)
-    assert host0.keys() == host1.keys()
-    for name in host0:
-        copies = np.concatenate([host0[name], host1[name]])
-        assert copies.shape[0] == 8, name
-        assert np.all(np.isfinite(copies)), name
-        for device in range(1, 8):
-            np.testing.assert_array_equal(copies[device], copies[0], err_msg=name)
-    return {name: copies[0] for name, copies in host0.items()}
-
-
-def _dotted(params) -> dict[str, np.ndarray]:
+def replay(hosts):
+    """{"one_host": OneHost, "before" {k: hosts' state after k - 1}, "after" {k: hosts' state
+    after k}, "expected" {k: one host's step k from before[k]}, "loss" {k: its loss}}."""
+    one_host = OneHost()
+    states = {0: one_host.initial}
+    states.update({step: _hosts_state(hosts["spy"], step) for step in range(1, NUM_STEPS + 1)})
+    expected, loss = {}, {}
+    for step in range(1, NUM_STEPS + 1):
+        expected[step], metrics = one_host.step(states[step - 1], step)
+        loss[step] = float(metrics["loss"])
     return {
-        ".".join(str(key.key) for key in path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        "one_host": one_host,
+        "before": {step: states[step - 1] for step in expected},
+        "after": {step: states[step] for step in expected},
+        "expected": expected,
+        "loss": loss,
     }
 
 
@@ -203,68 +213,62 @@ def test_both_hosts_stop_after_the_same_step_with_a_checkpoint(hosts):
     assert f"Resumed from the checkpoint at step {stopped_at}" in hosts["resumed"]["0"]
 
 
-def test_two_hosts_train_like_one_host_of_eight_devices(hosts, reference):
+def test_each_step_of_two_hosts_is_the_step_of_one_host_of_eight_devices(replay):
     for step in range(1, NUM_STEPS + 1):
-        two_hosts = _hosts_params(hosts["spy"], step)
-        one_host = _dotted(reference["params"][step])
-        assert two_hosts.keys() == one_host.keys()
-        difference = float32_noise.max_abs_difference(two_hosts, one_host)
-        assert difference <= reference["tolerance"][step], (step, difference, reference)
-    host_losses = {
-        r["step"]: r["train_loss"]
-        for r in logging_utils.read_metrics(hosts["workdir"])
-        if "train_loss" in r
+        step_agreement.assert_same_step(
+            replay["before"][step], replay["after"][step], replay["expected"][step],
+            f"step {step}",
+        )
+
+
+def test_two_hosts_log_the_losses_of_one_host(hosts, replay):
+    """Each logged train loss is the mean over the steps since the previous log; every step's loss
+    agrees with the one-host replay of that step (one step's rounding: `UPDATE_RTOL`)."""
+    logged = {
+        record["step"]: record["train_loss"]
+        for record in logging_utils.read_metrics(hosts["workdir"])
+        if "train_loss" in record
     }
-    one_host_losses = {
-        r["step"]: r["train_loss"]
-        for r in logging_utils.read_metrics(reference["workdir"])
-        if "train_loss" in r
-    }
-    # The stopped hosts also logged the step they stopped after.
-    assert set(host_losses) == set(one_host_losses) | {_stop_step(hosts)}
-    for step, loss in one_host_losses.items():
-        assert host_losses[step] == pytest.approx(loss, rel=1e-4)
+    # log_every_steps = 2, and the stopped hosts also logged the step they stopped after.
+    assert sorted(logged) == sorted({*range(2, NUM_STEPS + 1, 2), _stop_step(hosts)})
+    previous = 0
+    for step in sorted(logged):
+        window = [replay["loss"][k] for k in range(previous + 1, step + 1)]
+        assert logged[step] == pytest.approx(np.mean(window), rel=step_agreement.UPDATE_RTOL)
+        previous = step
 
 
-def test_the_tolerance_rejects_real_defects(hosts, reference, tmp_path, monkeypatch):
-    """A host reading the other host's rows, a missing mean over the devices, one step skipped:
-    each lands more than 100 times outside the tolerance of the comparison above after step 2
-    (later, as the learning rate decays to 0 and the noise grows, the margin shrinks)."""
-    expected = {step: _dotted(params) for step, params in reference["params"].items()}
+def test_the_tolerance_rejects_real_defects(replay, monkeypatch):
+    """A host reading the other host's rows, a missing mean over the devices, a skipped step: each
+    lands more than `DEFECT_MARGIN` one-step tolerances from the step (step 3, the first after the
+    learning rate and the momentum have built up)."""
+    one_host, step = replay["one_host"], 3
+    before, expected = replay["before"][step], replay["expected"][step]
+    step_agreement.assert_defect_rejected(before, before, expected, "skipped step")
 
-    def assert_rejected(params_at: dict, defect: str) -> None:
-        ratios = {
-            step: float32_noise.max_abs_difference(_dotted(params_at[step]), expected[step])
-            / reference["tolerance"][step]
-            for step in range(2, NUM_STEPS + 1)
-        }
-        assert ratios[2] > 100, (defect, ratios)
-
-    assert_rejected({step + 1: reference["params"][step] for step in expected}, "skipped step")
-
-    make_iterator = data.make_train_iterator
-
-    def host_one_reads_host_zeros_rows(*args, **kwargs):
-        for batch in make_iterator(*args, **kwargs):
-            half = len(batch["label"]) // 2
-            yield {name: np.concatenate([value[:half]] * 2) for name, value in batch.items()}
-
-    monkeypatch.setattr(data, "make_train_iterator", host_one_reads_host_zeros_rows)
-    assert_rejected(_train_in_process(tmp_path / "wrong_rows", monkeypatch), "wrong rows")
-    monkeypatch.undo()
+    batch = one_host.batch(step)
+    half = len(batch["label"]) // 2
+    wrong_rows = {name: np.concatenate([value[:half]] * 2) for name, value in batch.items()}
+    after, _ = one_host.step(before, step, batch=wrong_rows)
+    step_agreement.assert_defect_rejected(before, after, expected, "wrong rows")
 
     # No mean over the devices: each device steps with its own gradient and statistics.
     monkeypatch.setattr(jax.lax, "pmean", lambda values, axis_name, **kwargs: values)
-    assert_rejected(_train_in_process(tmp_path / "unaveraged", monkeypatch), "no device mean")
-    monkeypatch.undo()
+    unaveraged = train.build_training(one_host.config, one_host.mesh)
+    after, _ = one_host.step(before, step, training=unaveraged)
+    step_agreement.assert_defect_rejected(before, after, expected, "no device mean")
 
 
-def test_two_hosts_write_a_checkpoint_one_host_reads(hosts, reference):
+def test_two_hosts_write_a_checkpoint_one_host_reads(hosts):
+    """The checkpoint the two hosts wrote, read on one host, is exactly their last state."""
     two_hosts = checkpointing.load_for_eval(hosts["workdir"], which="last")
-    one_host = checkpointing.load_for_eval(reference["workdir"], which="last")
-    assert two_hosts.step == one_host.step == NUM_STEPS
-    difference = float32_noise.max_abs_difference(two_hosts.variables, one_host.variables)
-    assert difference <= reference["tolerance"][NUM_STEPS]
+    assert two_hosts.step == NUM_STEPS
+    spied = _hosts_state(hosts["spy"], NUM_STEPS)
+    read = OneHost.leaves(two_hosts.variables)
+    assert len(read) == sum(name.startswith((".params", ".batch_stats")) for name in spied)
+    for name, value in read.items():  # "['params']['stem']..." is the state's ".params['stem']..."
+        collection, rest = name.removeprefix("['").split("']", 1)
+        np.testing.assert_array_equal(value, spied[f".{collection}{rest}"], err_msg=name)
     saved_steps = sorted(int(path.name) for path in (hosts["workdir"] / "checkpoints").iterdir())
     assert saved_steps == [NUM_STEPS - 1, NUM_STEPS]  # keep_checkpoints = 2
     assert [path.name for path in (hosts["workdir"] / "best").iterdir()] == [str(NUM_STEPS)]
@@ -280,8 +284,6 @@ def test_only_host_zero_writes_logs(hosts):
     records = logging_utils.read_metrics(hosts["workdir"])
     keys = [(record["step"], tuple(sorted(record))) for record in records]
     assert len(keys) == len(set(keys)), records  # no record written twice
-    logged = sorted({*range(2, NUM_STEPS + 1, 2), _stop_step(hosts)})  # log_every_steps = 2
-    assert [r["step"] for r in records if "train_loss" in r] == logged
     event_files = list((hosts["workdir"] / logging_utils.TENSORBOARD_DIR).iterdir())
     assert len(event_files) == 2, event_files  # one per launch of host 0
 

@@ -5,6 +5,7 @@ each device mixes its own shard, BatchNorm statistics are synced over `data`, gr
 are `lax.pmean`ed, and the SGD update runs on the replicated state.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -442,11 +443,68 @@ def prepare_workdir(workdir) -> pathlib.Path:
     return workdir
 
 
-def _mixing_steps(config, steps_per_epoch: int, total_steps: int) -> int:
-    """The last step that mixes: `mix.off_after_epoch` in steps, else the last step."""
-    if config.mix.off_after_epoch is None:
-        return total_steps
-    return int(round(config.mix.off_after_epoch * steps_per_epoch))
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What a run of a config trains with on `mesh` (`build_training`): the model, its schedule and
+    optimizer, the run's length, the base key of every step's draws, and the compiled steps."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    image_shape: tuple[int, ...]
+    model: models.StagedClassifier
+    learning_rate_fn: optax.Schedule
+    optimizer: optax.GradientTransformation
+    steps_per_epoch: int
+    total_steps: int
+    last_mixing_step: int
+    base_key: jax.Array
+    mixing_step: Callable
+    plain_step: Callable
+
+    def initial_state(self) -> TrainState:
+        """The replicated initial state of the config's seed."""
+        return create_train_state(
+            self.model, self.optimizer, self.image_shape, self.config.seed, self.mesh
+        )
+
+    def step_for(self, step: int) -> Callable:
+        """The jitted step (`make_train_step`) that trains step number `step` (1-based): the
+        mixing step through `mix.off_after_epoch`, then the plain one."""
+        return self.mixing_step if step <= self.last_mixing_step else self.plain_step
+
+
+def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Training:
+    """The `Training` of a validated `config` on `mesh` (compiles nothing yet)."""
+    info = data.get_dataset_info(config.data)
+    steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)
+    total_steps = total_train_steps(config, steps_per_epoch)
+    last_mixing_step = total_steps
+    if config.mix.off_after_epoch is not None:
+        last_mixing_step = int(round(config.mix.off_after_epoch * steps_per_epoch))
+    model = models.build_model(
+        config.model,
+        info.num_classes,
+        axis_name=DATA_AXIS,
+        dtype=COMPUTE_DTYPES[config.compute_dtype],
+    )
+    learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
+    optimizer = create_optimizer(config.optimizer, learning_rate_fn)
+    plain_mix = ml_collections.ConfigDict(config.mix.to_dict())
+    plain_mix.method = "none"
+    return Training(
+        config=config,
+        mesh=mesh,
+        image_shape=tuple(info.image_shape),
+        model=model,
+        learning_rate_fn=learning_rate_fn,
+        optimizer=optimizer,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        last_mixing_step=last_mixing_step,
+        base_key=parallel.replicate(jax.random.key(config.seed), mesh),
+        mixing_step=make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh),
+        plain_step=make_train_step(model, plain_mix, optimizer, learning_rate_fn, mesh),
+    )
 
 
 def train_and_evaluate(
@@ -477,21 +535,11 @@ def train_and_evaluate(
     experiment_config.validate_config(config, mesh.size, jax.process_count())
     is_writer = jax.process_index() == 0
 
-    info = data.get_dataset_info(config.data)
-    steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)
-    total_steps = total_train_steps(config, steps_per_epoch)
-    last_mixing_step = _mixing_steps(config, steps_per_epoch, total_steps)
+    training = build_training(config, mesh)
+    steps_per_epoch, total_steps = training.steps_per_epoch, training.total_steps
     eval_every = config.eval_every_steps or steps_per_epoch
-    model = models.build_model(
-        config.model,
-        info.num_classes,
-        axis_name=DATA_AXIS,
-        dtype=COMPUTE_DTYPES[config.compute_dtype],
-    )
-    learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
-    optimizer = create_optimizer(config.optimizer, learning_rate_fn)
-    state = create_train_state(model, optimizer, tuple(info.image_shape), config.seed, mesh)
-    base_key = parallel.replicate(jax.random.key(config.seed), mesh)
+    state = training.initial_state()
+    base_key = training.base_key
 
     checkpointer = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints)
     meta = run_summary.new_meta()
@@ -516,14 +564,7 @@ def train_and_evaluate(
     if start_step:
         logger.message(f"Resumed from the checkpoint at step {start_step} in {workdir}.")
 
-    mixing_step = make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
-    plain_mix = ml_collections.ConfigDict(config.mix.to_dict())
-    plain_mix.method = "none"
-    steps = {
-        True: mixing_step,
-        False: make_train_step(model, plain_mix, optimizer, learning_rate_fn, mesh),
-    }
-    eval_step = make_eval_step(model)
+    eval_step = make_eval_step(training.model)
     batches = data.prefetch_to_mesh(
         data.make_train_iterator(
             config.data, config.batch_size, seed=config.seed, start_step=start_step
@@ -532,12 +573,12 @@ def train_and_evaluate(
     )
     throughput = _Throughput(config.batch_size)
     step_metrics, first_unchecked = [], start_step + 1
+    log_window = []  # the host metrics of the steps since the last log, flushed in parts
     rate = 0.0
     try:
         with StopSignals() as signals:
             for step in range(start_step + 1, total_steps + 1):
-                train_step = steps[step <= last_mixing_step]
-                state, metrics = train_step(state, next(batches), base_key)
+                state, metrics = training.step_for(step)(state, next(batches), base_key)
                 step_metrics.append(metrics)
                 throughput.add_steps(1)
                 stopping = signals.should_stop(step)
@@ -551,8 +592,12 @@ def train_and_evaluate(
                 if config.stop_on_divergence:
                     _check_finite(history, first_unchecked, workdir, last_checkpoint)
                 first_unchecked = step + 1
+                log_window.append(history)
                 if log_now:
-                    rate = _log_interval(logger, throughput, step, history)
+                    window = {name: np.concatenate([h[name] for h in log_window])
+                              for name in history}
+                    rate = _log_interval(logger, throughput, step, window)
+                    log_window = []
                 paused_at = throughput.pause()
                 if eval_now:
                     _evaluate_and_keep_best(eval_step, state, step, config, mesh, meta,
