@@ -10,6 +10,13 @@
 input mixup or aligned mixup of the 512x8x8 last map (Sinkhorn eps 0.1, 100 iterations, random
 direction). `data.path` is the tiny-imagenet-200 folder (or its archive).
 Normalised as the official code does: mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
+
+The official job (`tiny_imgnet/submit_job.sh`) asked for 2 GPUs and wraps the model in
+`nn.DataParallel` (`tiny_imgnet/main.py`): with lam drawn once per step, each GPU runs `forward`
+on its 128 of the 256 images with its own coins, permutation and BatchNorm statistics. This config
+keeps the single-GPU semantics (partners, coins and statistics over the whole batch of 256, the
+same on any device count); on 2 devices, `--config.mix.partner=device --config.mix.coins=device
+--config.model.batch_norm_group=1` reproduces the official step.
 """
 
 from alignmix_jax import data

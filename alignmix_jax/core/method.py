@@ -108,7 +108,10 @@ def make_mixed_forward(model, mix, axis_name: str | None = None):
     Inside `jax.shard_map`, `axis_name` is the data axis and `key` must be the same on every
     device: it draws lam, the coins, the stage and (partner "global") the permutation, which pick
     `lax.cond` branches on every device alike. Per-example draws (lam, CutMix boxes) are made for
-    the whole global batch and sliced, so they do not depend on the number of devices.
+    the whole global batch and sliced, so they do not depend on the number of devices. With
+    `mix.coins = "device"` (which needs `partner = "device"`: no collective inside a branch) the
+    coins and the stage are drawn once per device, each device taking its own, as each
+    `DataParallel` replica of the reference draws its own; on one device that is the shared draw.
     """
     stages, kinds = mixing_points(model, mix)
     ot_options = dict(epsilon=mix.epsilon, num_iters=mix.num_iters, threshold=mix.threshold,
@@ -150,14 +153,23 @@ def make_mixed_forward(model, mix, axis_name: str | None = None):
             return MixedForward(logits, batch_stats, partner_labels, lam, partner, zero, zero,
                                 _no_diagnostics())
 
+        def coin(draw, coin_key):  # one draw for all devices, or this device's of one each
+            if mix.coins == "device":
+                return draw(coin_key, (devices,))[device]
+            return draw(coin_key, ())
+
         if mix.direction == "random":
-            direction = jax.random.bernoulli(direction_key).astype(jnp.int32)
+            direction = coin(
+                lambda k, shape: jax.random.bernoulli(k, 0.5, shape), direction_key
+            ).astype(jnp.int32)
         else:
             direction = jnp.asarray(int(mix.direction), jnp.int32)
         if mix.method == "alignmixup":
-            branch = jax.random.bernoulli(coin_key, 1.0 - mix.input_prob).astype(jnp.int32)
+            branch = coin(
+                lambda k, shape: jax.random.bernoulli(k, 1.0 - mix.input_prob, shape), coin_key
+            ).astype(jnp.int32)
         else:
-            branch = jax.random.randint(stage_key, (), 0, len(stages))
+            branch = coin(lambda k, shape: jax.random.randint(k, shape, 0, len(stages)), stage_key)
 
         def linear(features):
             return mixup(features, partner_of(features), lam), _no_diagnostics()

@@ -55,6 +55,11 @@ MODEL_KWARGS = {
 """The config keys (besides "name") each model accepts."""
 
 
+BATCH_NORM_ALL_DEVICES = 0
+BATCH_NORM_EACH_DEVICE = 1
+BATCH_NORM_GROUPS = (BATCH_NORM_ALL_DEVICES, BATCH_NORM_EACH_DEVICE)
+
+
 def build_model(
     model_config: Mapping[str, Any],
     num_classes: int,
@@ -66,7 +71,11 @@ def build_model(
 
     Args:
       model_config: ml_collections ConfigDict or dict, {"name": one of MODEL_KWARGS, **kwargs}
-        with kwargs from MODEL_KWARGS[name] (lists are turned into tuples).
+        with kwargs from MODEL_KWARGS[name] (lists are turned into tuples), and optionally
+        "batch_norm_group", the devices per group BatchNorm statistics are computed over:
+        `BATCH_NORM_ALL_DEVICES` (0, the default: synced over `axis_name`) or
+        `BATCH_NORM_EACH_DEVICE` (1: each device alone, as PyTorch's `DataParallel`; the model
+        then has no `axis_name`).
       num_classes: number of logits.
       axis_name: BatchNorm sync axis (e.g. "data" inside `jax.shard_map`), or None.
       dtype: compute dtype; parameters stay float32.
@@ -76,6 +85,15 @@ def build_model(
     """
     config = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
     name = config.pop("name", None)
+    batch_norm_group = config.pop("batch_norm_group", BATCH_NORM_ALL_DEVICES)
+    if isinstance(batch_norm_group, bool) or batch_norm_group not in BATCH_NORM_GROUPS:
+        raise ValueError(
+            f"model_config.batch_norm_group must be {BATCH_NORM_ALL_DEVICES} (statistics synced "
+            f"over all devices) or {BATCH_NORM_EACH_DEVICE} (each device alone, as DataParallel), "
+            f"got {batch_norm_group!r}"
+        )
+    if batch_norm_group == BATCH_NORM_EACH_DEVICE:
+        axis_name = None
     if name not in MODEL_CLASSES:
         raise ValueError(f"model_config.name must be one of {tuple(MODEL_CLASSES)}, got {name!r}")
     unknown = sorted(set(config) - set(MODEL_KWARGS[name]))

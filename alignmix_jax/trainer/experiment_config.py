@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from alignmix_jax.models import BATCH_NORM_ALL_DEVICES
 from alignmix_jax.models.common import LAST_STAGE
 
 METHODS = (
@@ -29,6 +30,7 @@ METHODS = (
 )
 DIRECTIONS = ("random", "0", "1")
 PARTNER_MODES = ("global", "device")
+COIN_MODES = ("shared", "device")
 LAM_MODES = ("batch", "example")
 MODEL_NAMES = ("preact_resnet18", "wide_resnet", "resnet50")
 DATASET_NAMES = (
@@ -144,7 +146,8 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = ml_collections.ConfigDict(
-        {"name": "preact_resnet18", "stage_sizes": (2, 2, 2, 2), "base_width": 64}
+        {"name": "preact_resnet18", "stage_sizes": (2, 2, 2, 2), "base_width": 64,
+         "batch_norm_group": BATCH_NORM_ALL_DEVICES}
     )
     config.data = data.default_data_config(dataset, **data_overrides)
     config.mix = ml_collections.ConfigDict()
@@ -161,6 +164,9 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     # "global": partners drawn from the whole global batch (the single-GPU reference; results do
     # not depend on the device count); "device": from each device's shard (DataParallel).
     config.mix.partner = "global"
+    # "shared": one input/aligned coin, direction and manifold stage per step for every device;
+    # "device": each device draws its own (needs partner "device"), as DataParallel replicas do.
+    config.mix.coins = "shared"
     config.mix.lam_mode = "batch"  # "batch": one lam per batch (the paper); "example": one each
     config.mix.label_smoothing = 0.0  # share of the mixed target spread over all classes
     # Train without mixing after this epoch (None: mix to the end).
@@ -281,6 +287,10 @@ def validate_mix_config(mix: ml_collections.ConfigDict, stage_names: Sequence[st
         _require_positive("mix.threshold", mix.threshold)
     _require_choice("mix.direction", str(mix.direction), DIRECTIONS)
     _require_choice("mix.partner", mix.partner, PARTNER_MODES)
+    _require_choice("mix.coins", mix.coins, COIN_MODES)
+    if mix.coins == "device" and mix.partner != "device":
+        _fail("mix.coins", mix.coins, "'shared' with mix.partner 'global' (global partners are "
+              "gathered inside the branch the coins pick, which every device must take alike)")
     _require_choice("mix.lam_mode", mix.lam_mode, LAM_MODES)
     smoothing = mix.label_smoothing
     if isinstance(smoothing, bool) or not isinstance(smoothing, int | float) or not (

@@ -142,6 +142,10 @@ def make_train_step(
 ) -> Callable:
     """The jitted data-parallel step `(state, batch, base_key) -> (state, metrics)`.
 
+    BatchNorm statistics are synced over `data` when the model has that `axis_name`; a model
+    without one (`batch_norm_group` 1) normalises each device's shard alone, and the state keeps
+    device 0's running statistics, as `DataParallel` keeps replica 0's.
+
     `state` replicated; `batch` {"image": (B, H, W, C), "label": (B,)} sharded over `data` (B the
     global batch); `base_key` a replicated key. The step key is `fold_in(base_key, state.step)`,
     the same on every device, so a resumed run draws exactly what an uninterrupted one would.
@@ -166,8 +170,11 @@ def make_train_step(
         grads = jax.lax.pmean(grads, DATA_AXIS)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        batch_stats = out.batch_stats
+        if model.axis_name is None:  # per-device BatchNorm: keep device 0's running statistics
+            batch_stats = jax.tree.map(lambda v: jax.lax.all_gather(v, DATA_AXIS)[0], batch_stats)
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=out.batch_stats, opt_state=opt_state
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
         loss = jax.lax.pmean(loss, DATA_AXIS)
         metrics = {
