@@ -1,33 +1,47 @@
-# Two commands do all set-up on a fresh machine (Python >= 3.11 on PATH as python3):
+# Two commands do all set-up on a fresh machine (Python >= 3.11 on PATH as python3; the GPU
+# rehearsal of `make test` also needs Python 3.12, the GPU machine's, as python3.12 or GPU_PYTHON):
 #   make quickstart   # installs into .venv, trains AlignMixup on the bundled digits data
-#   make test         # installs into .venv, runs ruff and the whole test suite
+#   make test         # installs into .venv, runs ruff, the test suite and the install checks
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= /tmp/alignmix_quickstart
+# Each install takes what its extras need, at the versions requirements.txt pins (constraints).
+PIP_INSTALL := $(PY) -m pip install -q -c requirements.txt
 
-.PHONY: install install-prepare test lint quickstart bench
+.PHONY: install install-test lint test check-base-install rehearse-gpu quickstart bench
 
-# Training needs no TensorFlow; preparing tfds datasets (and the tests that do) installs it too.
+# The commands need the `train` extra; tfds datasets `tfds`; preparing them (and the tests that
+# do) `prepare` (TensorFlow).
 $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -e '.[dev]'
+	$(PIP_INSTALL) -e '.[train]'
 	touch $@
 
-$(VENV)/.installed-prepare: $(VENV)/.installed requirements-prepare.txt
-	$(PY) -m pip install -q -r requirements.txt -r requirements-prepare.txt
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[train,tfds,prepare,dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
-install-prepare: $(VENV)/.installed-prepare
+install-test: $(VENV)/.installed-test
 
-lint: install
+lint: install-test
 	$(PY) -m ruff check alignmix_jax experiments tests benchmarks
 
-test: lint install-prepare
+test: lint
 	$(PY) -m pytest -q tests
+	$(MAKE) check-base-install rehearse-gpu
+
+# A fresh venv with the base install only runs the README's align_mix snippet and a gradient.
+check-base-install:
+	bash .ci/check_base_install.sh
+
+# The GPU machine's packages, no TensorFlow, no tfds, plus the wheels a device call carries:
+# benchmarks/device_check.py --tiny runs to the end.
+rehearse-gpu:
+	bash .ci/rehearse_gpu.sh
 
 quickstart: install
 	$(PY) -m alignmix_jax.main --config experiments/quickstart.py --workdir $(WORKDIR)

@@ -5,14 +5,39 @@ The commands (`python -m alignmix_jax.main | sweep | evaluate | visualize`) each
 and call `run(main_fn)`. `configure_runtime()` must run before JAX starts its backend (the first
 computation or device query: importing jax first is fine) and before TensorFlow is imported; the
 benchmarks and the tests call it too.
+
+The commands need the `train` extra: importing this module without it ends the process with one
+line naming the extra (so every command imports `cli` before its other imports).
 """
 
+import importlib.util
 import os
 import signal
 import sys
 from collections.abc import Callable
 
-from absl import app, flags, logging
+TRAIN_EXTRA = "pip install 'alignmix_jax[train]' (in a checkout: pip install -e '.[train]')"
+# The top-level modules of the `train` extra's packages (pyproject.toml).
+TRAIN_MODULES = (
+    "absl", "flax", "optax", "ml_collections", "orbax", "grain", "scipy", "sklearn",
+    "matplotlib", "PIL", "tqdm", "tensorboard",
+)
+
+
+def require_train_extra() -> None:
+    """Ends the process with one line naming the `train` extra when one of its packages is not
+    installed."""
+    missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit(
+            f"error: this command needs the 'train' extra, which is not installed (no module "
+            f"{', '.join(missing)}): {TRAIN_EXTRA}"
+        )
+
+
+require_train_extra()
+
+from absl import app, flags, logging  # noqa: E402
 
 CPU_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 OVERRIDE_PREFIX = "--config."

@@ -7,11 +7,13 @@ fields of `config.evaluation` (`alignmix_jax.evaluation.report.default_evaluatio
 `--config.evaluation.epsilon=0.0157`. The model's fields cannot be overridden.
 """
 
+from alignmix_jax import cli  # first: one line naming the `train` extra when it is missing
+
+# isort: split
 import json
 
 from absl import flags
 
-from alignmix_jax import cli
 from alignmix_jax.evaluation import report
 
 

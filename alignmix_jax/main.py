@@ -13,10 +13,12 @@ config it refuses (listing the changes) unless `--accept_config_changes` is give
 signal number; a NaN or infinite loss stops the run naming the step (exit status 1).
 """
 
+from alignmix_jax import cli  # first: one line naming the `train` extra when it is missing
+
+# isort: split
 import jax
 from absl import flags
 
-from alignmix_jax import cli
 from alignmix_jax.trainer import experiment_config, train
 
 FLAGS = flags.FLAGS

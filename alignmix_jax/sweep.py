@@ -18,6 +18,9 @@ DIR/results.md, per point and metric the mean, standard deviation and 95% confid
 (Student t) over the seeds.
 """
 
+from alignmix_jax import cli  # first: one line naming the `train` extra when it is missing
+
+# isort: split
 import csv
 import json
 import pathlib
@@ -29,7 +32,6 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from alignmix_jax import cli
 from alignmix_jax.trainer import experiment_config
 
 FLAGS = flags.FLAGS

@@ -8,11 +8,13 @@ images, `DIR/visualize/pair{k}_mixing.png` and `pair{k}_plan.png`
 (`alignmix_jax.evaluation.pictures.visualize_workdir`).
 """
 
+from alignmix_jax import cli  # first: one line naming the `train` extra when it is missing
+
+# isort: split
 import json
 
 from absl import flags
 
-from alignmix_jax import cli
 from alignmix_jax.evaluation import pictures
 
 FLAGS = flags.FLAGS

@@ -9,6 +9,8 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 
 from test_without_tensorflow import write_image_folder
 
@@ -49,7 +51,8 @@ def test_tiny_check_runs_every_part_and_reports_it(tmp_path):
     peer_runs = PEER.exists() and importlib.util.find_spec("torch") is not None
     assert statuses == {**dict.fromkeys(PARTS, "ok"), "peer": "ok" if peer_runs else "skipped"}
     if peer_runs:
-        assert len(parts["peer"]["runs"]) == 4  # none and alignmixup, fp32 and bf16
+        runs = {(r["mode"], r["amp"], r["channels_last"]) for r in parts["peer"]["runs"]}
+        assert len(runs) == 8  # none and alignmixup, fp32 and bf16, with and without channels_last
     else:  # the reason names what is missing: torch, or the peer script (no ../shared here)
         assert any(word in parts["peer"]["reason"] for word in ("torch", "--peer"))
     assert parts["environment"]["versions"]["jax"] and parts["environment"]["platform"] == "cpu"
@@ -83,17 +86,63 @@ def test_parts_past_the_global_budget_are_skipped_and_reported(tmp_path):
     assert "| numerics | skipped |" in markdown
 
 
-def test_watchdog_ends_an_overrunning_part_and_still_writes_the_report(tmp_path):
+def test_an_overrunning_part_is_abandoned_and_the_report_still_written(tmp_path):
     write_jpeg_folder(tmp_path / "images")
     result, report, markdown = run_check(
         tmp_path / "out",
-        *("--budget_s", "1", "--watchdog_grace_s", "1", "--parts", "environment,training"),
+        *("--budget_s", "1", "--grace_s", "1", "--parts", "environment,training"),
         *("--data", str(tmp_path / "images")),
     )
-    assert result.returncode == 3, result.stderr[-3000:]  # the watchdog's exit status
+    assert result.returncode == 3, result.stderr[-3000:]  # a part was abandoned
     assert report["parts"]["environment"]["status"] == "ok"
-    assert report["parts"]["training"]["status"] == "timed_out"
+    training = report["parts"]["training"]
+    assert training["status"] == "timed_out" and training["seconds"] < 10, training
     assert "| training | timed_out |" in markdown
+
+
+def test_a_part_past_its_budget_is_abandoned_and_the_next_one_runs(tmp_path, monkeypatch):
+    """In process: a part that hangs is recorded with what it finished, and the next part runs;
+    the finished peer runs are kept when a later run fails."""
+    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
+    check = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec.loader.exec_module(check)
+    settings = check.TINY
+    args = check.parse_args(["--out", str(tmp_path), "--tiny", "--grace_s", "0.2"])
+    hang = threading.Event()
+
+    def stuck(settings, args, clock):
+        hang.wait(30)
+
+    clock = check.Clock(time.monotonic() + 0.1)
+    assert check.run_part(stuck, settings, args, clock, 0.2) is None
+    assert time.monotonic() - clock.start < 5
+    error = check.run_part(lambda *a: 1 / 0, settings, args, clock, 0.2)
+    assert isinstance(error, ZeroDivisionError)
+    hang.set()
+
+    report = check.Report(tmp_path, True, 10.0)
+    calls = []
+
+    def fake_peer(command, **kwargs):
+        calls.append(command)
+        if len(calls) == 3:
+            return subprocess.CompletedProcess(command, 1, "", "CUDA error")
+        line = "peer=torch mode=none device=cpu amp=none batch=16 img_per_s=10 med_ms=1.6 "
+        return subprocess.CompletedProcess(command, 0, line + "align_frac=0.00\n", "")
+
+    monkeypatch.setattr(check.subprocess, "run", fake_peer)
+    args.peer = SCRIPT
+    outcome = check.run_part(
+        lambda s, a, c: check.run_peer(s, a, c, report), settings, args,
+        check.Clock(time.monotonic() + 60), 1.0,
+    )
+    assert isinstance(outcome, RuntimeError) and "CUDA error" in str(outcome)
+    kept = report.progress["peer"]()["runs"]
+    assert [run["channels_last"] for run in kept] == [False, False]
+    assert "--channels_last" in calls[2] and "--channels_last" not in calls[1]
+    written = json.loads((tmp_path / "device_check.json").read_text())
+    assert len(written["parts"]["peer"]["runs"]) == 2  # written as each run finished
 
 
 def test_bad_arguments_name_the_flag(tmp_path):

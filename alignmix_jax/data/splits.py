@@ -8,10 +8,11 @@ Syntax of `data.train_split`, `data.eval_split` and `make_eval_iterator(split=..
     FROM, TO := empty | INT | NUMBER "%" | INT "shard"   (a negative INT counts from the end)
 
 e.g. `train[:45000]`, `train[45000:]`, `train[:90%]`, `train[-10%:]`, `train[:10%]+test`. The
-slices are tfds's own for every source (tfds datasets, image folders, digits):
-`tfds.core.ReadInstruction.from_spec(PART).to_absolute(split sizes)` turns each part into rows
-`[from, to)` of one split, so percentages round exactly as in tfds (to the closest row,
-`round(percent * n / 100)`, ties to even: 50% of 1,437 rows is 718).
+slices are tfds's for every source (tfds datasets, image folders, digits), resolved here without
+importing tfds, to the rows that `tfds.core.ReadInstruction.from_spec(PART).to_absolute(split
+infos)` gives (tests/test_splits.py compares them): each part becomes rows `[from, to)` of one
+split, and percentages round as in tfds (to the closest row, `round(percent * n / 100)`, ties to
+even: 50% of 1,437 rows is 718).
 
 A plain slice is contiguous in the split's stored order: for tfds datasets the order tfds wrote
 when it prepared the dataset (it shuffles most datasets then), for image folders the class
@@ -31,12 +32,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 STRATIFIED = "stratified"
 STRATIFIED_STREAM = 2  # random streams distinct from pipeline.PERMUTATION/AUGMENTATION_STREAM
 SUBSET_STREAM = 3
 _PART = re.compile(r"^\s*(?P<slice>[^()]*?)\s*(?:\((?P<option>[^()]*)\))?\s*$")
+# tfds's grammar (tensorflow_datasets/core/splits.py): NAME[SELECTOR], each bound VALUE[UNIT].
+_SLICE = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<selector>[\d\w%:.-]+)\])?$")
+_BOUND = re.compile(r"^(?:(?P<value>-?[\d_.]+)(?P<unit>%|shard)?)?$")
+ALL = "all"
 SYNTAX = (
     "NAME, NAME[FROM:TO] with FROM/TO empty, an int (negative: from the end), a percentage "
     "('90%') or a shard count ('2shard'), optionally followed by '(stratified)', and parts "
@@ -49,11 +53,82 @@ Selection = tuple[tuple[str, np.ndarray], ...]
 
 @dataclasses.dataclass(frozen=True)
 class SplitPart:
-    """One `+`-separated part of a split: its tfds slice (e.g. "train[:90%]") and whether the
+    """One `+`-separated part of a split: its slice (e.g. "train[:90%]") and whether the
     slice is taken from the stratified order."""
 
     slice: str
     stratified: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+    """A parsed slice, as tfds's `ReadInstruction`: bounds in `unit` ("abs", "%" or "shard"),
+    None where open; `name` "all" (no bounds) stands for every split."""
+
+    name: str
+    start: int | float | None = None
+    stop: int | float | None = None
+    unit: str = "abs"
+
+
+def _parse_slice(text: str) -> _Slice:
+    """`text` ("train[:90%]") as tfds parses it; ValueError with the reason when it does not."""
+    match = _SLICE.match(text)
+    if match is None:
+        raise ValueError(f"unrecognized split format {text!r}")
+    name, selector = match["name"], match["selector"]
+    if name == ALL:
+        if selector:
+            raise ValueError(f"{ALL!r} does not support slices")
+        return _Slice(ALL)
+    if selector is None:
+        return _Slice(name)
+    bounds = [_BOUND.match(bound) for bound in selector.split(":")]
+    if not all(bounds) or not any(bound[0] for bound in bounds) or len(bounds) > 2:
+        raise ValueError(f"unrecognized split format {text!r}")
+    try:
+        if len(bounds) == 1:  # NAME[k shard]: one shard
+            (bound,) = bounds
+            if bound["unit"] != "shard":
+                raise ValueError("absolute or percent bounds need the slice syntax [FROM:TO]")
+            start, stop, unit = bound["value"], int(bound["value"]) + 1, "shard"
+        else:
+            start, stop = (bound["value"] for bound in bounds)
+            unit = bounds[0]["unit"] or bounds[1]["unit"] or "abs"
+        number = float if unit == "%" else int
+        start = None if start is None else number(start)
+        stop = None if stop is None else number(stop)
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
+    if unit == "%" and max(abs(start or 0), abs(stop or 0)) > 100:
+        raise ValueError(f"{text!r}: percentages must lie in [-100, 100]")
+    return _Slice(name, start, stop, unit)
+
+
+def _absolute(part: _Slice, split_shards: Mapping[str, Sequence[int]]) -> tuple[str, int, int]:
+    """(split name, from, to) of `part` (not "all") in the dataset of `split_shards`, as tfds's
+    `ReadInstruction.to_absolute`; ValueError with the reason when it does not fit."""
+    if part.name not in split_shards:
+        raise ValueError(f"unknown split {part.name!r}")
+    shards = list(split_shards[part.name])
+    n = sum(shards)
+    start, stop = part.start, part.stop
+    if part.unit == "%":
+        start = 0 if start is None else int(round(start * n / 100.0))
+        stop = n if stop is None else int(round(stop * n / 100.0))
+    elif part.unit == "shard":
+        start = 0 if start is None else sum(shards[:start])
+        if stop is not None and stop <= 0:
+            stop = len(shards) + stop
+        stop = n if stop is None else sum(shards[:stop])
+    else:
+        start = 0 if start is None else start
+        stop = n if stop is None else stop
+    if abs(start) > n or abs(stop) > n:
+        raise ValueError(f"slice [{start}:{stop}] of split {part.name!r} exceeds its {n} rows")
+    start = n + start if start < 0 else start
+    stop = n + stop if stop < 0 else stop
+    return part.name, start, max(start, stop)
 
 
 def parse_split(split: str, *, field: str = "split") -> tuple[SplitPart, ...]:
@@ -69,45 +144,36 @@ def parse_split(split: str, *, field: str = "split") -> tuple[SplitPart, ...]:
                 f"{field}: cannot parse {text.strip()!r} of {split!r}; expected {SYNTAX}"
             )
         try:
-            tfds.core.ReadInstruction.from_spec(match["slice"])
-        except (ValueError, NotImplementedError) as error:
-            reason = str(error).strip().splitlines()[-1]
-            raise ValueError(f"{field}: {split!r}: {reason}; expected {SYNTAX}") from None
+            _parse_slice(match["slice"])
+        except ValueError as error:
+            raise ValueError(f"{field}: {split!r}: {error}; expected {SYNTAX}") from None
         parts.append(SplitPart(match["slice"], option == STRATIFIED))
     return tuple(parts)
 
 
 def split_names(split: str) -> tuple[str, ...]:
     """The names of the splits that `split` reads from, in order ("all" stays "all")."""
-    return tuple(re.match(r"[\w-]*", part.slice)[0] for part in parse_split(split))
+    return tuple(_parse_slice(part.slice).name for part in parse_split(split))
 
 
 def _ranges(
     split: str, split_shards: Mapping[str, Sequence[int]], field: str
 ) -> list[tuple[str, int, int, bool]]:
-    """(split name, from, to, stratified) of every part of `split`, bounds resolved by tfds."""
-    infos = {
-        name: tfds.core.SplitInfo(
-            name=name, shard_lengths=list(shards), num_bytes=0, filename_template=None
-        )
-        for name, shards in split_shards.items()
-    }
+    """(split name, from, to, stratified) of every part of `split` ("all": every split, in the
+    order of `split_shards`)."""
     ranges = []
     for part in parse_split(split, field=field):
+        parsed = _parse_slice(part.slice)
+        whole = [_Slice(name) for name in split_shards] if parsed.name == ALL else [parsed]
         try:
-            instructions = tfds.core.ReadInstruction.from_spec(part.slice).to_absolute(infos)
+            for piece in whole:
+                ranges.append((*_absolute(piece, split_shards), part.stratified))
         except ValueError as error:
-            reason = str(error).strip().splitlines()[-1]
             sizes = {name: sum(shards) for name, shards in sorted(split_shards.items())}
             raise ValueError(
-                f"{field}: {split!r} does not fit this dataset ({reason}); available: "
+                f"{field}: {split!r} does not fit this dataset ({error}); available: "
                 f"{sorted(sizes)}, of sizes {sizes}"
             ) from None
-        for instruction in instructions:
-            start = instruction.from_ or 0
-            stop = infos[instruction.splitname].num_examples
-            stop = stop if instruction.to is None else instruction.to
-            ranges.append((instruction.splitname, start, max(start, stop), part.stratified))
     return ranges
 
 

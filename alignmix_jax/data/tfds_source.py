@@ -3,7 +3,9 @@ builder) read through `array_record` random-access data sources.
 
 A dataset is prepared once per data_dir by tfds (`download_and_prepare`): from `data.manual_dir`
 when given, else by downloading. Preparing needs TensorFlow, which the `prepare` extra installs
-(`pip install 'alignmix_jax[prepare]'`); reading a prepared dataset does not import it. Small
+(`pip install 'alignmix_jax[prepare]'`); reading a prepared dataset does not import it. tfds itself
+(tensorflow-datasets) comes with the `tfds` extra and is imported only when a tfds dataset is
+used; image folders and digits never import it. Small
 datasets are held in memory (`ArraySource`); large ones are decoded per record (`RecordSource`).
 """
 
@@ -27,6 +29,7 @@ from alignmix_jax.data.config import DataSpec
 PREPARE_EXTRA = (
     "pip install 'alignmix_jax[prepare]' (in a checkout: pip install -e '.[prepare]')"
 )
+TFDS_EXTRA = "pip install 'alignmix_jax[tfds]' (in a checkout: pip install -e '.[tfds]')"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 READ_CHUNK = 10_000
 
@@ -206,9 +209,24 @@ def prepared_builder(spec: DataSpec):
     return _prepare_builder(spec)
 
 
+def _import_tfds(name: str):
+    """The tensorflow_datasets module; DataUnavailableError naming the `tfds` extra and dataset
+    `name` when it is not installed."""
+    try:
+        import tensorflow_datasets as tfds
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow_datasets":
+            raise
+        raise DataUnavailableError(
+            f"dataset {name!r} is a tfds dataset, and tensorflow-datasets is not installed: "
+            f"{TFDS_EXTRA}"
+        ) from None
+    return tfds
+
+
 def _prepare_builder(spec: DataSpec):
     """`prepared_builder` on one process: prepares `spec` unless its data_dir already has it."""
-    import tensorflow_datasets as tfds
+    tfds = _import_tfds(spec.name)
 
     if spec.name == "tiny_imagenet":
         builder, manual_dir = _tiny_imagenet_builder(spec)
