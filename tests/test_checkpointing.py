@@ -4,6 +4,7 @@ RunCheckpointer's best-weights pruning and meta snapshots; load_for_eval; a run 
 loads for evaluation on 1 device and resumes training on 4."""
 
 import json
+import logging
 import pathlib
 import shutil
 import signal
@@ -278,8 +279,10 @@ def test_run_saved_on_8_devices_loads_for_eval_on_1_device(eight_device_run, tmp
     assert len(loaded.files) == 2 * len(saved)
 
 
-def test_load_for_eval_replicates_on_the_current_mesh(eight_device_run):
-    variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last").variables
+def test_load_for_eval_replicates_on_the_current_mesh_without_warnings(eight_device_run, caplog):
+    with caplog.at_level(logging.WARNING):
+        variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last").variables
+    assert not [record.getMessage() for record in caplog.records]  # e.g. orbax's read_only notes
     state = eight_device_run["state"]
     expected = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
     assert flat_arrays(variables).keys() == expected.keys()

@@ -343,9 +343,12 @@ def load_for_eval(workdir, which: str = "best") -> TrainedRun:
         raise ValueError(f"workdir={str(workdir)!r} has no {directory.name}/ checkpoint directory")
     manager = ocp.CheckpointManager(
         directory.absolute(),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={
+        # Not `read_only=True`: orbax warns about each option that setting overrides. This manager
+        # only restores; `create=False` keeps it from making the directory.
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={  # every item a training checkpoint holds, or orbax warns of the others
             "model": ocp.StandardCheckpointHandler(),
+            "optimizer": ocp.StandardCheckpointHandler(),
             "meta": ocp.JsonCheckpointHandler(),
         },
     )
