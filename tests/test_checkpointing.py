@@ -40,7 +40,6 @@ ARGS = [
     "--config.log_every_steps=1",
     "--config.data.image_size=16",
     "--config.tensorboard=False",
-    "--config.progress_bar=False",
 ]
 
 
@@ -93,7 +92,7 @@ def runs(tmp_path_factory):
 def checkpoint_meta(workdir: pathlib.Path, step: int) -> dict:
     meta = json.loads((workdir / checkpointing.CHECKPOINT_DIR / str(step) / "meta" /
                        "metadata").read_text())
-    meta.pop("images_per_sec")
+    meta.pop("images_per_sec"), meta.pop("wall_time_sec")
     return meta
 
 
@@ -116,7 +115,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     summaries = [json.loads((w / "summary.json").read_text()) for w in (plain, resumed)]
     for summary in summaries:
-        del summary["images_per_sec"], summary["wall_time_sec"]
+        del summary["images_per_sec"], summary["wall_time_sec"], summary["process_wall_time_sec"]
     assert summaries[0] == summaries[1]
     expected_steps = list(range(CHECKPOINT_EVERY, NUM_STEPS + 1, CHECKPOINT_EVERY))
     assert finished_checkpoints(plain) == expected_steps
@@ -132,6 +131,17 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted)
     assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
     for record in records:
         assert record["train_loss"] == pytest.approx(plain_losses[record["step"]], abs=1e-6)
+
+
+def test_a_log_file_gets_one_plain_line_per_logged_step(runs):
+    """The runs log to a file (no terminal), with the default progress_bar=True: no tqdm bar."""
+    output = runs["outputs"]["plain"]
+    assert "\r" not in output
+    lines = [line for line in output.splitlines() if line.startswith("step ") and "loss" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        f"step {step}/{NUM_STEPS}" for step in range(1, NUM_STEPS + 1)
+    ]
+    assert all(", lr " in line and ", images/s " in line and ", ETA " in line for line in lines)
 
 
 def test_the_kill_came_after_a_best_save_and_a_later_eval(runs):

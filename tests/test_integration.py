@@ -42,8 +42,18 @@ def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_pat
     assert scalars("train_loss") == pytest.approx(train_losses)
     assert scalars("eval_top1") == pytest.approx({4: summary["final_top1"]})
     assert json.loads((tmp_path / "config.json").read_text())["mix"]["method"] == "alignmixup"
-    # Rerunning the finished run resumes at its end and reports the same result.
-    assert train.train_and_evaluate(config, tmp_path)["final_top1"] == summary["final_top1"]
+    # The logged learning rate is the rate of the logged step (cosine decay over 4 steps).
+    steps_per_epoch = 1437 // config.batch_size
+    learning_rate_fn = train.create_learning_rate_fn(config.optimizer, steps_per_epoch, 4)
+    logged = {r["step"]: r["learning_rate"] for r in records if "train_loss" in r}
+    assert logged == pytest.approx({step: float(learning_rate_fn(step - 1)) for step in (2, 4)})
+    # Rerunning the finished run resumes at its end and reports the same result; its wall time
+    # adds to the run's, and it writes no event file.
+    rerun = train.train_and_evaluate(config, tmp_path)
+    assert rerun["final_top1"] == summary["final_top1"]
+    assert summary["wall_time_sec"] == summary["process_wall_time_sec"]
+    assert rerun["wall_time_sec"] > rerun["process_wall_time_sec"] + 0.5 * summary["wall_time_sec"]
+    assert len(list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())) == 1
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import os
 import pathlib
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -308,7 +309,8 @@ class RunInterrupted(Exception):
 class StopSignals:
     """Turns SIGTERM and SIGINT into a request to stop after the current step (a context manager).
 
-    One process: the handlers set a flag, read after each step. Several processes: SIGTERM goes to
+    One process: the handlers set a flag, read after each step; a second SIGINT (Ctrl-C again)
+    raises KeyboardInterrupt at once, without a checkpoint. Several processes: SIGTERM goes to
     JAX's preemption service (started by `jax.distributed.initialize`), which agrees on one step at
     which every process stops (`multihost_utils.reached_preemption_sync_point`); SIGINT is passed
     on to it as SIGTERM.
@@ -332,9 +334,19 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         del frame
-        self.received = signal.Signals(signum).name
         if jax.process_count() > 1:
+            self.received = signal.Signals(signum).name
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(
+            f"{self.received}: stopping after this step with a checkpoint"
+            + (" (Ctrl-C again to stop at once without one)" if signum == signal.SIGINT else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def should_stop(self, step: int) -> bool:
         """Whether every process stops after `step`; call once per step on every process."""
@@ -386,7 +398,7 @@ def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> 
     """Writes the train metrics of the interval ending at `step`; returns its images/s."""
     rate = throughput.close_interval()
     loss = float(np.mean(history["loss"]))
-    learning_rate = float(np.mean(history["learning_rate"]))
+    learning_rate = float(history["learning_rate"][-1])  # the rate of the step logged
     record = {
         "train_loss": loss,
         "learning_rate": learning_rate,
@@ -396,7 +408,7 @@ def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> 
     }
     logger.write(step, record)
     logger.advance(
-        step, {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "img/s": f"{rate:.0f}"}
+        step, {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "images/s": f"{rate:.0f}"}
     )
     return rate
 
@@ -469,15 +481,23 @@ def train_and_evaluate(
       `run_summary.summarize`'s summary: for the test split "final_top1", "final_top5",
       "best_top1", "best_top5", "best_step", "median_last_top1", and with a validation split
       the same under "validation" and "test_top1_at_best_validation"; plus "selected_on",
-      "images_per_sec", "steps", "wall_time_sec", "machine". Accuracies in %.
+      "images_per_sec", "steps", "wall_time_sec" (the run's: this process's, and each earlier
+      process's up to its last checkpoint), "process_wall_time_sec" (this process's), "machine".
+      Accuracies in %.
     """
     wall_start = time.perf_counter()
+    new_workdir = not pathlib.Path(workdir).exists()
     workdir = prepare_workdir(workdir)
     mesh = parallel.make_data_mesh()
     experiment_config.validate_config(config, mesh.size, jax.process_count())
     is_writer = jax.process_index() == 0
 
-    info = data.get_dataset_info(config.data)
+    try:
+        info = data.get_dataset_info(config.data)  # prepares the dataset on first use
+    except BaseException:
+        if new_workdir and not any(workdir.iterdir()):
+            workdir.rmdir()  # leave no empty workdir behind
+        raise
     steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)
     total_steps = total_train_steps(config, steps_per_epoch)
     last_mixing_step = _mixing_steps(config, steps_per_epoch, total_steps)
@@ -501,6 +521,7 @@ def train_and_evaluate(
             config, workdir, last_checkpoint, accept_config_changes, is_writer
         )
         state, meta = checkpointer.restore(_abstract(state))
+    earlier_wall_time = meta.get("wall_time_sec", 0.0)  # of the processes before this one
     start_step = int(jax.device_get(state.step))
     if is_writer:
         checkpointing.save_config(config, workdir)
@@ -559,6 +580,7 @@ def train_and_evaluate(
                                             checkpointer, logger, total_steps)
                 if save_now or stopping:
                     meta["images_per_sec"] = throughput.median(fallback=rate)
+                    meta["wall_time_sec"] = earlier_wall_time + time.perf_counter() - wall_start
                     checkpointer.save(step, state, meta)
                     last_checkpoint = step
                 throughput.resume(paused_at)
@@ -569,11 +591,13 @@ def train_and_evaluate(
         checkpointer.close()
         logger.close()
 
+    process_wall_time = time.perf_counter() - wall_start
     summary = run_summary.summarize(
         meta,
         images_per_sec=throughput.median(fallback=meta.get("images_per_sec", rate)),
         steps=int(jax.device_get(state.step)),
-        wall_time_sec=time.perf_counter() - wall_start,
+        wall_time_sec=earlier_wall_time + process_wall_time,
+        process_wall_time_sec=process_wall_time,
         machine=run_summary.machine(),
     )
     if is_writer:
