@@ -103,7 +103,7 @@ def best_weights(workdir):
 @pytest.mark.parametrize("interrupted", ["killed", "stopped"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted):
     plain, resumed = runs["workdirs"]["plain"], runs["workdirs"][interrupted]
-    assert "Resumed from the checkpoint at step" in runs["outputs"][f"{interrupted}_resumed"]
+    assert "(resumed from the checkpoint at step " in runs["outputs"][f"{interrupted}_resumed"]
     plain_last = checkpointing.load_for_eval(plain, "last").variables
     resumed_last = checkpointing.load_for_eval(resumed, "last").variables
     for a, b in zip(jax.tree.leaves(plain_last), jax.tree.leaves(resumed_last), strict=True):
@@ -133,9 +133,27 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted)
         assert record["train_loss"] == pytest.approx(plain_losses[record["step"]], abs=1e-6)
 
 
-def test_a_log_file_gets_one_plain_line_per_logged_step(runs):
+def test_a_log_file_starts_with_the_banner_and_gets_one_plain_line_per_logged_step(runs):
     """The runs log to a file (no terminal), with the default progress_bar=True: no tqdm bar."""
     output = runs["outputs"]["plain"]
+    lines = output.splitlines()
+    start = [line.startswith("Workdir: ") for line in lines].index(True)
+    banner = lines[start : start + 5]
+    assert banner == [
+        f"Workdir: {runs['workdirs']['plain']} (new run)",
+        "Data: digits from scikit-learn's bundled copy; 1437 training and 360 eval images, "
+        "16x16x1, 10 classes",
+        banner[2],  # the parameter count
+        "Devices: 1 x cpu on 1 host(s); batch 16 (16 per device)",
+        f"Steps: {NUM_STEPS}, 0.18 epochs of 89 steps",
+    ]
+    assert banner[2].startswith("Model: preact_resnet18, 0.0") and banner[2].endswith(
+        " M parameters, computing in float32; method alignmixup"
+    )
+    resumed = runs["outputs"]["stopped_resumed"]
+    assert f"Workdir: {runs['workdirs']['stopped']} (resumed from the checkpoint at step 6)\n" in (
+        resumed
+    )
     assert "\r" not in output
     lines = [line for line in output.splitlines() if line.startswith("step ") and "loss" in line]
     assert [line.split(":")[0] for line in lines] == [

@@ -99,6 +99,8 @@ def test_smoke_variants_are_tiny_and_valid(name):
     experiment_config.validate_config(config, num_devices=8)
     assert config.data.name == "digits" and config.num_train_steps <= 10
     assert config.mix.method == load(name).mix.method
+    full_data = load(name).data.name  # named in the run's banner when replaced
+    assert config.smoke_replaced_data == (None if full_data == "digits" else full_data)
 
 
 def test_unknown_config_argument_is_rejected():

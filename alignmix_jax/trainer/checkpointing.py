@@ -61,7 +61,7 @@ RUNTIME_FIELDS = frozenset({
     "progress_bar", "tensorboard", "stop_on_divergence", "paper_top1", "keep_checkpoints",
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_batch_size",
     "distributed", "distributed_coordinator", "distributed_num_processes", "distributed_process_id",
-    "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir",
+    "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir", "smoke_replaced_data",
 })
 
 

@@ -194,6 +194,8 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.distributed_process_id = config_dict.placeholder(int)
     config.tensorboard = True
     config.progress_bar = True
+    # The dataset a `:smoke` config replaced by digits (None: not replaced); the banner names it.
+    config.smoke_replaced_data = config_dict.placeholder(str)
     # The paper's best test top-1 (%) for this config's row (None: no paper row). The experiment
     # file is the one place a figure is written; evaluation reports read it from here.
     config.paper_top1 = config_dict.placeholder(float)
@@ -202,9 +204,12 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
 
 def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks `config` to a CPU check of a few seconds: the same method and model family with
-    tiny widths, 4 steps on the bundled digits data (no download) at 32x32, batch 16."""
+    tiny widths, 4 steps on the bundled digits data (no download) at 32x32, batch 16. The
+    dataset it replaced is kept in `smoke_replaced_data`: the run's banner says what it skips."""
     from alignmix_jax import data
 
+    if config.data.name != "digits":
+        config.smoke_replaced_data = config.data.name
     config.data = data.default_data_config("digits", image_size=32)
     if config.model.name == "wide_resnet":
         config.model.depth, config.model.widen_factor = 10, 1

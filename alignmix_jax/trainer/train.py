@@ -437,6 +437,34 @@ def _evaluate_and_keep_best(
     )
 
 
+def run_banner(config, info: data.DatasetInfo, workdir, start_step: int, total_steps: int,
+               steps_per_epoch: int, num_params: int, mesh: jax.sharding.Mesh) -> str:
+    """The lines a run starts with: workdir and the step it resumes from, the data and where it
+    is read from (and what a `:smoke` config replaced), model, method, devices, batch, steps."""
+    height, width, channels = info.image_shape
+    devices = mesh.devices.flat[0]
+    lines = [
+        f"Workdir: {workdir} ("
+        + (f"resumed from the checkpoint at step {start_step})" if start_step else "new run)"),
+        f"Data: {info.name} from {info.location}; {info.num_train} training and {info.num_eval} "
+        f"eval images, {height}x{width}x{channels}, {info.num_classes} classes",
+    ]
+    if config.smoke_replaced_data is not None:
+        lines.append(
+            f"Smoke: ':smoke' replaced {config.smoke_replaced_data} by {info.name}; this run "
+            f"exercises none of {config.smoke_replaced_data}'s data pipeline"
+        )
+    lines += [
+        f"Model: {config.model.name}, {num_params / 1e6:.3g} M parameters, computing in "
+        f"{config.compute_dtype}; method {config.mix.method}",
+        f"Devices: {mesh.size} x {devices.device_kind} on {jax.process_count()} host(s); batch "
+        f"{config.batch_size} ({config.batch_size // mesh.size} per device)",
+        f"Steps: {total_steps}, {total_steps / steps_per_epoch:.3g} epochs of "
+        f"{steps_per_epoch} steps",
+    ]
+    return "\n".join(lines)
+
+
 def prepare_workdir(workdir) -> pathlib.Path:
     """Creates `workdir` if needed and checks that files can be written there; a ValueError with
     one line naming the problem otherwise (a file in the way, a read-only folder, ...)."""
@@ -534,8 +562,9 @@ def train_and_evaluate(
         tensorboard=config.tensorboard,
         progress_bar=config.progress_bar,
     )
-    if start_step:
-        logger.message(f"Resumed from the checkpoint at step {start_step} in {workdir}.")
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    logger.message(run_banner(config, info, workdir, start_step, total_steps, steps_per_epoch,
+                              num_params, mesh))
 
     mixing_step = make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
     plain_mix = ml_collections.ConfigDict(config.mix.to_dict())
