@@ -226,14 +226,21 @@ def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 CONFIG_ARGUMENTS = (None, "", "smoke")
-ABLATION_BASES = {None: "quickstart.py", "cifar10": "cifar10_preactresnet18.py"}
+ABLATION_BASES = {
+    None: "quickstart.py",
+    "smoke": "quickstart.py:smoke",
+    "cifar10": "cifar10_preactresnet18.py",
+}
 
 
 def ablation_base_config(ablation_file: str, argument: str | None) -> ml_collections.ConfigDict:
-    """Base config of `experiments/ablations/<name>.py`: the quickstart (argument None) or the
-    CIFAR-10 PreActResNet-18 row ("cifar10"), read from the experiments folder above the file."""
+    """Base config of `experiments/ablations/<name>.py`: the quickstart (argument None), its
+    smoke ("smoke") or the CIFAR-10 PreActResNet-18 row ("cifar10"), read from the experiments
+    folder above the file."""
     if argument not in ABLATION_BASES:
-        raise ValueError(f"config argument {argument!r} is invalid; expected none or 'cifar10'")
+        raise ValueError(
+            f"config argument {argument!r} is invalid; expected none, 'smoke' or 'cifar10'"
+        )
     experiments = os.path.dirname(os.path.dirname(os.path.abspath(ablation_file)))
     return load_config(os.path.join(experiments, ABLATION_BASES[argument]))
 
