@@ -1,4 +1,4 @@
-"""Runs an ablation: every point of a config file's `get_sweep()`, one workdir per point.
+r"""Runs an ablation: every point of a config file's `get_sweep()`, one workdir per point.
 
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR --seeds 3

@@ -1,4 +1,4 @@
-"""CIFAR-10 from its JPEG copy, reduced-width PreActResNet-18, AlignMixup: a short CPU run.
+r"""CIFAR-10 from its JPEG copy, reduced-width PreActResNet-18, AlignMixup: a short CPU run.
 The paper's row is experiments/cifar10_preactresnet18.py (full width, 2000 epochs); this short
 run does not reproduce it.
 

@@ -1,8 +1,12 @@
 """cli.configure_runtime: the CPU fusion flag is added once, user flags and log levels are kept;
-cli.run ends a command stopped at once by Ctrl-C with one line."""
+cli.run ends a command stopped at once by Ctrl-C with one line; --help shows the commands' examples
+as written."""
 
+import importlib
 import subprocess
 import sys
+
+import pytest
 
 from alignmix_jax import cli
 
@@ -35,3 +39,11 @@ def test_ctrl_c_that_stops_a_command_at_once_prints_one_line():
     assert result.stdout == ""
     assert result.stderr.startswith("interrupted (SIGINT): stopped at once")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", ["main", "sweep", "evaluate", "visualize"])
+def test_help_shows_example_commands_as_written(command):
+    """absl's --help prints the module docstring: a backslash that ends a line must stay there
+    (a plain string would join the lines, with a run of spaces, into one over 100 characters)."""
+    doc = importlib.import_module(f"alignmix_jax.{command}").__doc__
+    assert max(len(line) for line in doc.splitlines()) <= 100, doc

@@ -169,7 +169,11 @@ def test_command_line_overrides_are_parsed_to_each_fields_type():
         ({"mixx.epsilon": "0.5"}, r"config has no field 'mixx'"),
         ({"mix.num_iters": "many"}, "config.mix.num_iters expects int, got 'many'"),
         ({"tensorboard": "maybe"}, r"config.tensorboard expects a bool \(true/false\)"),
-        ({"model.stage_sizes": "1 1"}, r"config.model.stage_sizes expects a tuple"),
+        ({"model.stage_sizes": "1 1"},
+         r"config.model.stage_sizes expects a tuple literal such as \(1, 1, 1, 1\)"),
+        ({"mix.manifold_stages": "input,stage1"},  # stage names are strings
+         r"expects a tuple literal such as \('input', 'stage1', 'stage2'\), got 'input,stage1'"),
+        ({"data.mean": "(a"}, r"config.data.mean expects a tuple literal such as \(0.5, 0.25\)"),
         ({"mix.alpha": "two"}, "config.mix.alpha expects float"),
     ],
 )

@@ -74,8 +74,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(argument) if argument else module.get_config()
 
 
-def _parse(text: str, field_type: type | None, field: str):
-    """A command-line string as a value of `field_type` (None: a literal, or else the text)."""
+def _parse(text: str, field_type: type | None, field: str, current=None):
+    """A command-line string as a value of `field_type` (None: a literal, or else the text);
+    `current`, the field's value, is the example an error shows for a tuple."""
     if field_type is str:
         return text
     if field_type is bool:
@@ -94,8 +95,10 @@ def _parse(text: str, field_type: type | None, field: str):
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         if field_type in (tuple, list):
-            expected = "a tuple such as (1, 2)"
-            raise ValueError(f"config.{field} expects {expected}, got {text!r}") from None
+            example = tuple(current) if current else "(0.5, 0.25) or ('a', 'b')"
+            raise ValueError(
+                f"config.{field} expects a tuple literal such as {example}, got {text!r}"
+            ) from None
         return text
     return tuple(value) if isinstance(value, list) else value
 
@@ -125,7 +128,7 @@ def apply_overrides(
                 )
             parent, node, walked = node, node[name], f"{walked}.{name}"
         if isinstance(value, str):
-            value = _parse(value, parent.get_ref(leaf).get_type(), dotted)
+            value = _parse(value, parent.get_ref(leaf).get_type(), dotted, parent[leaf])
         try:
             parent[leaf] = value
         except TypeError as error:

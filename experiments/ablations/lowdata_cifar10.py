@@ -1,4 +1,4 @@
-"""Ablation: every mixing method on low-data CIFAR-10 (500 training images per class), 3 seeds.
+r"""Ablation: every mixing method on low-data CIFAR-10 (500 training images per class), 3 seeds.
 
     python -m alignmix_jax.sweep --config experiments/ablations/lowdata_cifar10.py \
         --workdir DIR
