@@ -129,6 +129,8 @@ def test_unknown_config_argument_is_rejected():
         ("mix.lam_mode", "pixel", "config.mix.lam_mode = 'pixel'.*'batch', 'example'"),
         ("mix.label_smoothing", 1.0, r"config.mix.label_smoothing = 1.0.*\[0, 1\)"),
         ("mix.off_after_epoch", -1.0, "config.mix.off_after_epoch = -1.0"),
+        ("profile_steps", (3, 2), r"config.profile_steps = \(3, 2\).*1 <= first <= last"),
+        ("profile_steps", (0, 2), r"config.profile_steps = \(0, 2\)"),
     ],
 )
 def test_bad_fields_fail_naming_the_field_and_allowed_values(field, value, message):

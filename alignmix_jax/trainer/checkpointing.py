@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from alignmix_jax.trainer import parallel
+from alignmix_jax.trainer import compilation_cache, parallel
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -62,6 +62,7 @@ RUNTIME_FIELDS = frozenset({
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_batch_size",
     "distributed", "distributed_coordinator", "distributed_num_processes", "distributed_process_id",
     "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir", "smoke_replaced_data",
+    "compilation_cache_dir", "profile_steps",
 })
 
 
@@ -317,7 +318,8 @@ def load_for_eval(workdir, which: str = "best") -> TrainedRun:
     """Loads a trained run for evaluation -> `TrainedRun(config, model, variables, step)`.
 
     The checkpoint restores on this process's devices whatever the device count of the run that
-    saved it (e.g. a run trained on 8 GPUs evaluated on a 1-CPU laptop).
+    saved it (e.g. a run trained on 8 GPUs evaluated on a 1-CPU laptop). The compilations that
+    follow use the run's `compilation_cache_dir` (see `compilation_cache`).
 
     Args:
       workdir: run directory written by `train.train_and_evaluate`.
@@ -338,6 +340,7 @@ def load_for_eval(workdir, which: str = "best") -> TrainedRun:
             f"workdir={str(workdir)!r} does not exist; expected a training run directory"
         )
     config = load_config(workdir)
+    compilation_cache.use_compilation_cache(config.get("compilation_cache_dir"))
     directory = workdir / (BEST_DIR if which == "best" else CHECKPOINT_DIR)
     if not directory.is_dir():
         raise ValueError(f"workdir={str(workdir)!r} has no {directory.name}/ checkpoint directory")

@@ -197,6 +197,11 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.distributed_process_id = config_dict.placeholder(int)
     config.tensorboard = True
     config.progress_bar = True
+    # The persistent XLA compilation cache (None: $JAX_COMPILATION_CACHE_DIR if set, else
+    # ~/.cache/alignmix_jax/xla; "": off): a rerun or a resume does not compile again.
+    config.compilation_cache_dir = config_dict.placeholder(str)
+    # (first, last): a jax.profiler trace of these steps in workdir/profile (None: no trace).
+    config.profile_steps = config_dict.placeholder(tuple)
     # The dataset a `:smoke` config replaced by digits (None: not replaced); the banner names it.
     config.smoke_replaced_data = config_dict.placeholder(str)
     # The paper's best test top-1 (%) for this config's row (None: no paper row). The experiment
@@ -379,6 +384,13 @@ def validate_config(
     _require_positive("summary_last_evals", config.summary_last_evals, integer=True)
     if config.eval_every_steps < 0:
         _fail("eval_every_steps", config.eval_every_steps, "0 (every epoch) or a positive integer")
+    profile_steps = config.get("profile_steps")
+    if profile_steps is not None and not (
+        len(profile_steps) == 2
+        and all(isinstance(step, int) and not isinstance(step, bool) for step in profile_steps)
+        and 1 <= profile_steps[0] <= profile_steps[1]
+    ):
+        _fail("profile_steps", profile_steps, "None or (first, last) steps, 1 <= first <= last")
     validate_optimizer_config(config.optimizer)
     if stage_names is None:
         stage_names = model_stage_names(config.model)

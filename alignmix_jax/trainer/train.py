@@ -31,6 +31,7 @@ from alignmix_jax.core import method
 from alignmix_jax.core.mixing import mixed_cross_entropy
 from alignmix_jax.trainer import (
     checkpointing,
+    compilation_cache,
     experiment_config,
     logging_utils,
     parallel,
@@ -39,6 +40,7 @@ from alignmix_jax.trainer import (
 
 DATA_AXIS = parallel.DATA_AXIS
 SUMMARY_FILE = "summary.json"
+PROFILE_DIR = "profile"
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -252,7 +254,9 @@ def _abstract(tree):
 
 
 class _Throughput:
-    """Images/s over log intervals; the interval holding the first (compiling) step is dropped.
+    """Images/s over log intervals, and how an interval's time splits between waiting for input
+    and the rest (the device step); the interval holding the first (compiling) step is dropped
+    from the median.
 
     (clu's `periodic_actions.ReportProgress` would do this, but clu cannot be imported without
     TensorFlow, which training does not need.)
@@ -263,6 +267,7 @@ class _Throughput:
         self.rates: list[float] = []
         self._start = time.perf_counter()
         self._steps = 0
+        self._input_wait = 0.0
         self._first_interval = True
 
     def pause(self) -> float:
@@ -272,18 +277,27 @@ class _Throughput:
     def resume(self, paused_at: float) -> None:
         self._start += time.perf_counter() - paused_at
 
-    def add_steps(self, steps: int) -> None:
-        self._steps += steps
+    def add_step(self, input_wait: float) -> None:
+        """Counts a step whose batch took `input_wait` seconds to arrive."""
+        self._steps += 1
+        self._input_wait += input_wait
 
-    def close_interval(self) -> float:
-        """Rate of the interval that just ended (call after blocking on its results)."""
+    def close_interval(self) -> dict[str, float]:
+        """The interval that just ended (call after blocking on its results): images_per_sec,
+        step_sec (wall time per step) and input_wait_sec (of which waiting for the batch)."""
         now = time.perf_counter()
-        rate = self._steps * self.global_batch_size / max(now - self._start, 1e-9)
+        seconds = max(now - self._start, 1e-9)
+        steps = max(self._steps, 1)
+        interval = {
+            "images_per_sec": self._steps * self.global_batch_size / seconds,
+            "step_sec": seconds / steps,
+            "input_wait_sec": self._input_wait / steps,
+        }
         if not self._first_interval:
-            self.rates.append(rate)
+            self.rates.append(interval["images_per_sec"])
         self._first_interval = False
-        self._start, self._steps = now, 0
-        return rate
+        self._start, self._steps, self._input_wait = now, 0, 0.0
+        return interval
 
     def median(self, fallback: float) -> float:
         return statistics.median(self.rates) if self.rates else fallback
@@ -394,22 +408,66 @@ def _alignment_record(history: dict) -> dict[str, float]:
     return record
 
 
-def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> float:
-    """Writes the train metrics of the interval ending at `step`; returns its images/s."""
-    rate = throughput.close_interval()
+class _Profile:
+    """A `jax.profiler` trace of the steps `config.profile_steps` = (first, last) in
+    `workdir/profile` (TensorBoard's profile plugin, and `perfetto_trace.json.gz` for Perfetto)."""
+
+    def __init__(self, steps: tuple[int, int] | None, workdir: pathlib.Path, logger):
+        self._steps, self._logger = steps, logger
+        self.directory = workdir / PROFILE_DIR
+        self._tracing = False
+
+    def before(self, step: int) -> None:
+        if self._steps is not None and step == self._steps[0]:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self._tracing = True
+
+    def after(self, step: int, state) -> None:
+        if self._tracing and step == self._steps[1]:
+            jax.block_until_ready(state)
+            self.close()
+
+    def close(self) -> None:
+        if self._tracing:
+            jax.profiler.stop_trace()
+            self._tracing = False
+            self._logger.message(f"Wrote a profile of steps {self._steps} in {self.directory}")
+
+
+def _device_memory() -> dict[str, float]:
+    """{"device_peak_memory_gib": the first local device's peak} where the backend reports it
+    (GPUs, TPUs; not the CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        return {}
+    return {"device_peak_memory_gib": stats["peak_bytes_in_use"] / 2**30}
+
+
+def _log_interval(logger, throughput: _Throughput, step: int, history: dict,
+                  num_devices: int) -> float:
+    """Writes the train metrics of the interval ending at `step`, with where its time went;
+    returns its images/s."""
+    interval = throughput.close_interval()
+    rate = interval["images_per_sec"]
     loss = float(np.mean(history["loss"]))
     learning_rate = float(history["learning_rate"][-1])  # the rate of the step logged
     record = {
         "train_loss": loss,
         "learning_rate": learning_rate,
         "lam": float(np.mean(history["lam"])),
-        "images_per_sec": rate,
+        **interval,
+        "images_per_sec_per_device": rate / num_devices,
+        **_device_memory(),
         **_alignment_record(history),
     }
     logger.write(step, record)
-    logger.advance(
-        step, {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "images/s": f"{rate:.0f}"}
-    )
+    input_share = interval["input_wait_sec"] / interval["step_sec"]
+    logger.advance(step, {
+        "loss": f"{loss:.4f}",
+        "lr": f"{learning_rate:.4g}",
+        "images/s": f"{rate:.0f}",
+        "input wait": f"{100 * input_share:.0f}%",
+    })
     return rate
 
 
@@ -510,10 +568,13 @@ def train_and_evaluate(
       "best_top1", "best_top5", "best_step", "median_last_top1", and with a validation split
       the same under "validation" and "test_top1_at_best_validation"; plus "selected_on",
       "images_per_sec", "steps", "wall_time_sec" (the run's: this process's, and each earlier
-      process's up to its last checkpoint), "process_wall_time_sec" (this process's), "machine".
+      process's up to its last checkpoint), "process_wall_time_sec" (this process's),
+      "process_first_step_sec" (from its start to the end of its first step, compilation
+      included; None when it trained no step), "machine".
       Accuracies in %.
     """
     wall_start = time.perf_counter()
+    cache_dir = compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     new_workdir = not pathlib.Path(workdir).exists()
     workdir = prepare_workdir(workdir)
     mesh = parallel.make_data_mesh()
@@ -565,6 +626,7 @@ def train_and_evaluate(
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     logger.message(run_banner(config, info, workdir, start_step, total_steps, steps_per_epoch,
                               num_params, mesh))
+    logger.message(f"Compilation cache: {cache_dir or 'off'}")
 
     mixing_step = make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
     plain_mix = ml_collections.ConfigDict(config.mix.to_dict())
@@ -582,14 +644,24 @@ def train_and_evaluate(
     )
     throughput = _Throughput(config.batch_size)
     step_metrics, first_unchecked = [], start_step + 1
-    rate = 0.0
+    rate, first_step_sec = 0.0, None
+    profile = _Profile(config.profile_steps, workdir, logger)
     try:
         with StopSignals() as signals:
             for step in range(start_step + 1, total_steps + 1):
+                profile.before(step)
                 train_step = steps[step <= last_mixing_step]
-                state, metrics = train_step(state, next(batches), base_key)
+                waiting_since = time.perf_counter()
+                batch = next(batches)
+                throughput.add_step(time.perf_counter() - waiting_since)
+                state, metrics = train_step(state, batch, base_key)
                 step_metrics.append(metrics)
-                throughput.add_steps(1)
+                profile.after(step, state)
+                if first_step_sec is None:
+                    jax.block_until_ready(metrics)
+                    first_step_sec = time.perf_counter() - wall_start
+                    logger.message(f"First step done {first_step_sec:.1f} s after the start "
+                                   "(compilation included)")
                 stopping = signals.should_stop(step)
                 log_now = step % config.log_every_steps == 0 or step == total_steps or stopping
                 eval_now = step % eval_every == 0 or step == total_steps
@@ -602,7 +674,7 @@ def train_and_evaluate(
                     _check_finite(history, first_unchecked, workdir, last_checkpoint)
                 first_unchecked = step + 1
                 if log_now:
-                    rate = _log_interval(logger, throughput, step, history)
+                    rate = _log_interval(logger, throughput, step, history, mesh.size)
                 paused_at = throughput.pause()
                 if eval_now:
                     _evaluate_and_keep_best(eval_step, state, step, config, mesh, meta,
@@ -616,6 +688,7 @@ def train_and_evaluate(
                 if stopping:
                     raise RunInterrupted(signals.received, step, workdir)
     finally:
+        profile.close()
         batches.close()  # stops the prefetch thread
         checkpointer.close()
         logger.close()
@@ -627,6 +700,7 @@ def train_and_evaluate(
         steps=int(jax.device_get(state.step)),
         wall_time_sec=earlier_wall_time + process_wall_time,
         process_wall_time_sec=process_wall_time,
+        process_first_step_sec=first_step_sec,
         machine=run_summary.machine(),
     )
     if is_writer:
