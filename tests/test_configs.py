@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from alignmix_jax import cli
+from alignmix_jax.data import image_folder
 from alignmix_jax.trainer import experiment_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -97,10 +98,19 @@ def test_configs_that_are_no_paper_row_quote_no_paper_figure(name):
 def test_smoke_variants_are_tiny_and_valid(name):
     config = load(name, "smoke")
     experiment_config.validate_config(config, num_devices=8)
-    assert config.data.name == "digits" and config.num_train_steps <= 10
+    assert config.num_train_steps <= 10
     assert config.mix.method == load(name).mix.method
-    full_data = load(name).data.name  # named in the run's banner when replaced
-    assert config.smoke_replaced_data == (None if full_data == "digits" else full_data)
+    full = load(name).data
+    if full.name == "image_folder":  # its own pipeline on a generated archive
+        assert config.data.path == image_folder.smoke_archive(full.cache_dir)
+        assert config.data.to_dict() == {**full.to_dict(), "path": config.data.path,
+                                         "image_size": 32, "train_examples_per_class": (
+                                             None if full.train_examples_per_class is None
+                                             else 8)}
+        assert config.smoke_replaced_data is None
+    else:  # digits in place of the dataset, named in the run's banner
+        assert config.data.name == "digits"
+        assert config.smoke_replaced_data == (None if full.name == "digits" else full.name)
 
 
 def test_unknown_config_argument_is_rejected():

@@ -212,13 +212,22 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
 
 def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks `config` to a CPU check of a few seconds: the same method and model family with
-    tiny widths, 4 steps on the bundled digits data (no download) at 32x32, batch 16. The
-    dataset it replaced is kept in `smoke_replaced_data`: the run's banner says what it skips."""
+    tiny widths, 4 steps at 32x32, batch 16. An image-folder config keeps its own pipeline and
+    its data fields, on a generated archive (`image_folder.smoke_archive`, at most 8 training
+    images per class); any other dataset is replaced by the bundled digits (no download), and
+    named in `smoke_replaced_data`: the run's banner says what it skips."""
     from alignmix_jax import data
+    from alignmix_jax.data import image_folder
 
-    if config.data.name != "digits":
-        config.smoke_replaced_data = config.data.name
-    config.data = data.default_data_config("digits", image_size=32)
+    if config.data.name == "image_folder":
+        config.data.path = image_folder.smoke_archive(config.data.cache_dir)
+        config.data.image_size = 32
+        if config.data.train_examples_per_class is not None:
+            config.data.train_examples_per_class = min(config.data.train_examples_per_class, 8)
+    else:
+        if config.data.name != "digits":
+            config.smoke_replaced_data = config.data.name
+        config.data = data.default_data_config("digits", image_size=32)
     if config.model.name == "wide_resnet":
         config.model.depth, config.model.widen_factor = 10, 1
     else:
