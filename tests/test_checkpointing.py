@@ -103,7 +103,7 @@ def best_weights(workdir):
 @pytest.mark.parametrize("interrupted", ["killed", "stopped"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted):
     plain, resumed = runs["workdirs"]["plain"], runs["workdirs"][interrupted]
-    assert "(resumed from the checkpoint at step " in runs["outputs"][f"{interrupted}_resumed"]
+    assert "Resumed from the checkpoint at step " in runs["outputs"][f"{interrupted}_resumed"]
     plain_last = checkpointing.load_for_eval(plain, "last").variables
     resumed_last = checkpointing.load_for_eval(resumed, "last").variables
     for a, b in zip(jax.tree.leaves(plain_last), jax.tree.leaves(resumed_last), strict=True):
@@ -139,10 +139,10 @@ def test_a_log_file_starts_with_the_banner_and_gets_one_plain_line_per_logged_st
     """The runs log to a file (no terminal), with the default progress_bar=True: no tqdm bar."""
     output = runs["outputs"]["plain"]
     lines = output.splitlines()
-    start = [line.startswith("Workdir: ") for line in lines].index(True)
+    start = [line.startswith("New run in ") for line in lines].index(True)
     banner = lines[start : start + 5]
     assert banner == [
-        f"Workdir: {runs['workdirs']['plain']} (new run)",
+        f"New run in {runs['workdirs']['plain']}",
         "Data: digits from scikit-learn's bundled copy; 1437 training and 360 eval images, "
         "16x16x1, 10 classes",
         banner[2],  # the parameter count
@@ -153,9 +153,7 @@ def test_a_log_file_starts_with_the_banner_and_gets_one_plain_line_per_logged_st
         " M parameters, computing in float32; method alignmixup"
     )
     resumed = runs["outputs"]["stopped_resumed"]
-    assert f"Workdir: {runs['workdirs']['stopped']} (resumed from the checkpoint at step 6)\n" in (
-        resumed
-    )
+    assert f"Resumed from the checkpoint at step 6 in {runs['workdirs']['stopped']}\n" in resumed
     assert "\r" not in output
     lines = [line for line in output.splitlines() if line.startswith("step ") and "loss" in line]
     assert [line.split(":")[0] for line in lines] == [

@@ -502,8 +502,8 @@ def run_banner(config, info: data.DatasetInfo, workdir, start_step: int, total_s
     height, width, channels = info.image_shape
     devices = mesh.devices.flat[0]
     lines = [
-        f"Workdir: {workdir} ("
-        + (f"resumed from the checkpoint at step {start_step})" if start_step else "new run)"),
+        f"Resumed from the checkpoint at step {start_step} in {workdir}"
+        if start_step else f"New run in {workdir}",
         f"Data: {info.name} from {info.location}; {info.num_train} training and {info.num_eval} "
         f"eval images, {height}x{width}x{channels}, {info.num_classes} classes",
     ]
