@@ -86,7 +86,8 @@ def run(main_fn: Callable[[dict[str, str]], None]) -> None:
 
     A ValueError (bad input) or a diverged training ends the command with `error: <message>` and
     status 1 (the traceback only with `--verbosity`); a run stopped by SIGTERM or SIGINT with its
-    message and status 128 + the signal number.
+    message and status 128 + the signal number; a Ctrl-C that stops it at once (before training
+    starts, or a second one) with one line and status 130.
     """
     from alignmix_jax.trainer import train
 
@@ -105,6 +106,12 @@ def run(main_fn: Callable[[dict[str, str]], None]) -> None:
         except train.RunInterrupted as stop:
             print(stop, file=sys.stderr, flush=True)
             sys.exit(128 + signal.Signals[stop.signal_name].value)
+        except KeyboardInterrupt:
+            if flags.FLAGS["verbosity"].present:
+                raise
+            print("interrupted (SIGINT): stopped at once; a workdir resumes from its last "
+                  "checkpoint", file=sys.stderr, flush=True)
+            sys.exit(128 + signal.SIGINT.value)
         except (ValueError, train.TrainingDivergedError) as error:
             if flags.FLAGS["verbosity"].present:
                 raise

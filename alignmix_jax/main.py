@@ -1,4 +1,4 @@
-"""Trains and evaluates one experiment config.
+r"""Trains and evaluates one experiment config.
 
     python -m alignmix_jax.main --config experiments/cifar10_preactresnet18.py --workdir DIR
     python -m alignmix_jax.main --config experiments/quickstart.py:smoke --workdir DIR \

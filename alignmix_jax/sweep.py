@@ -1,21 +1,25 @@
-"""Runs an ablation: every point of a config file's `get_sweep()`, one workdir per point.
+r"""Runs an ablation: every point of a config file's `get_sweep()`, one workdir per point.
 
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR --seeds 3
+    python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py:smoke --workdir DIR \
+        --config.num_train_steps=20     # a quick check: every point 20 steps on the smoke config
     python -m alignmix_jax.sweep --config experiments/ablations/epsilon.py --workdir DIR \
         --print_commands      # one `python -m alignmix_jax.main ...` line per run, for a cluster
 
 The config file defines `get_config()` (the base) and `get_sweep()`, a list of dicts of dotted
 overrides ({"mix.epsilon": 0.5}), and may define `get_seeds()`, the seeds every point runs with
-(`--seeds N` runs seeds 0..N-1 instead; default: the base config's seed). Each point and seed trains
+(`--seeds N` runs seeds 0..N-1 instead; default: the base config's seed). `--config.<field>=<value>`
+overrides change the base config of every point (not the fields the points set, nor the seed).
+Each point and seed trains
 in DIR/<point>/seed<seed>, seed by seed (every point of the first seed before the second seed), so
 a partial sweep covers every point. Runs whose workdir holds a summary are skipped, so rerunning
 resumes the sweep (and, after the printed commands ran elsewhere, just collects their results).
 Writes DIR/results.csv, one row per run (point, seed, test top-1 final / best / median of the
 last evals, with a validation split its best top-1 and the test top-1 at that step, images/s, wall
-time and the machine it trained on), and
-DIR/results.md, per point and metric the mean, standard deviation and 95% confidence interval
-(Student t) over the seeds.
+time across resumes and the machine it trained on), and DIR/results.md, per point and accuracy
+the mean, standard deviation and 95% confidence interval (Student t) over the seeds (not images/s:
+on a shared machine it measures the load more than the method).
 """
 
 from alignmix_jax import cli  # first: one line naming the `train` extra when it is missing
@@ -50,16 +54,16 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-METRICS = (
+METRICS = (  # the accuracies results.md summarises over seeds
     "final_top1",
     "best_top1",
     "median_last_top1",
     "validation_best_top1",
     "test_top1_at_best_validation",
-    "images_per_sec",
 )
 RESULT_COLUMNS = (
-    "point", "overrides", "seed", *METRICS, "best_step", "steps", "wall_time_sec", "machine"
+    "point", "overrides", "seed", *METRICS, "images_per_sec", "best_step", "steps",
+    "wall_time_sec", "machine",
 )
 CONFIDENCE = 0.95
 
@@ -86,13 +90,23 @@ def sweep_seeds(module, base: ml_collections.ConfigDict, num_seeds: int | None) 
     return [int(base.seed)]
 
 
-def sweep_runs(module, argument: str | None, num_seeds: int | None = None):
+def sweep_runs(module, argument: str | None, num_seeds: int | None = None,
+               base_overrides: dict | None = None):
     """[(run directory relative to the sweep, point name, seed, overrides, config)] of an ablation
-    module, seed by seed, every config already overridden (seed included)."""
+    module, seed by seed, every config already overridden (`base_overrides`, then the point's and
+    the seed). A base override of a field that a point or the seed sets is a ValueError."""
     base = module.get_config(argument) if argument else module.get_config()
     sweep = module.get_sweep()
     if not sweep:
         raise ValueError("get_sweep() returned no points; expected a list of override dicts")
+    swept = {"seed", *(key for overrides in sweep for key in overrides)}
+    clashes = sorted(swept & set(base_overrides or {}))
+    if clashes:
+        raise ValueError(
+            f"--config.{clashes[0]}: the sweep sets this field itself (its points, or --seeds "
+            "for the seed); expected overrides of other fields"
+        )
+    base = experiment_config.apply_overrides(base, base_overrides)
     points = [(point_name(index, overrides), overrides) for index, overrides in enumerate(sweep)]
     return [
         (pathlib.Path(name) / f"seed{seed}", name, seed, overrides,
@@ -163,6 +177,7 @@ def run_sweep(
     workdir,
     train_fn: Callable[[ml_collections.ConfigDict, pathlib.Path], dict] | None = None,
     num_seeds: int | None = None,
+    base_overrides: dict | None = None,
 ) -> list[dict]:
     """Trains every unfinished run of the ablation `config_spec` and writes the results tables.
 
@@ -171,6 +186,7 @@ def run_sweep(
       workdir: sweep directory; the run of point p and seed s trains in `workdir/p/seed<s>`.
       train_fn: `(config, run_workdir) -> summary`, default `train.train_and_evaluate`.
       num_seeds: run seeds 0..num_seeds-1 (default: the file's `get_seeds()` or the config's).
+      base_overrides: {"dotted.field": value} applied to the base config of every point.
 
     Returns:
       One row per finished run: RESULT_COLUMNS (accuracies in %).
@@ -183,7 +199,8 @@ def run_sweep(
         config_spec, ("get_config", "get_sweep")
     )
     rows = []
-    for run_dir, name, seed, overrides, config in sweep_runs(module, argument, num_seeds):
+    runs = sweep_runs(module, argument, num_seeds, base_overrides)
+    for run_dir, name, seed, overrides, config in runs:
         summary = read_summary(workdir / run_dir)
         if summary is None:
             print(f"[sweep] training {run_dir}", flush=True)
@@ -204,30 +221,35 @@ def run_sweep(
     return rows
 
 
-def print_commands(config_spec: str, workdir, num_seeds: int | None = None) -> list[str]:
+def print_commands(
+    config_spec: str, workdir, num_seeds: int | None = None, base_overrides: dict | None = None
+) -> list[str]:
     """Prints (and returns) one training command per sweep run."""
     module, argument = experiment_config.load_config_module(
         config_spec, ("get_config", "get_sweep")
     )
     commands = [
-        training_command(config_spec, pathlib.Path(workdir) / run_dir, {**overrides, "seed": seed})
-        for run_dir, _, seed, overrides, _ in sweep_runs(module, argument, num_seeds)
+        training_command(
+            config_spec,
+            pathlib.Path(workdir) / run_dir,
+            {**(base_overrides or {}), **overrides, "seed": seed},
+        )
+        for run_dir, _, seed, overrides, _ in sweep_runs(
+            module, argument, num_seeds, base_overrides
+        )
     ]
     print("\n".join(commands))
     return commands
 
 
 def sweep_command(overrides: dict[str, str]) -> None:
-    """Runs (or prints the commands of) the sweep of --config."""
-    if overrides:
-        raise ValueError(
-            f"{sorted(overrides)}: a sweep takes no --config.<field> overrides; put them in the "
-            "ablation file's get_config() or get_sweep()"
-        )
+    """Runs (or prints the commands of) the sweep of --config, its base config overridden."""
     if FLAGS.print_commands:
-        print_commands(FLAGS.config, FLAGS.workdir, FLAGS.seeds)
+        print_commands(FLAGS.config, FLAGS.workdir, FLAGS.seeds, overrides)
     else:
-        rows = run_sweep(FLAGS.config, FLAGS.workdir, num_seeds=FLAGS.seeds)
+        rows = run_sweep(
+            FLAGS.config, FLAGS.workdir, num_seeds=FLAGS.seeds, base_overrides=overrides
+        )
         print((pathlib.Path(FLAGS.workdir) / "results.md").read_text())
         print(f"[sweep] {len(rows)} runs; results in {FLAGS.workdir}/results.csv")
 

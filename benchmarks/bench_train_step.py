@@ -1,4 +1,4 @@
-"""Images/s of the CIFAR PreActResNet-18 train step (batch 128) for every mixing method, and the
+r"""Images/s of the CIFAR PreActResNet-18 train step (batch 128) for every mixing method, and the
 ratio to `none`, measured in one run. Targets: alignmix >= 0.95x none, alignmixup >= 0.97x none.
 
     python benchmarks/bench_train_step.py                       # the paper's model, all devices

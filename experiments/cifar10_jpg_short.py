@@ -1,4 +1,4 @@
-"""CIFAR-10 from its JPEG copy, reduced-width PreActResNet-18, AlignMixup: a short CPU run.
+r"""CIFAR-10 from its JPEG copy, reduced-width PreActResNet-18, AlignMixup: a short CPU run.
 The paper's row is experiments/cifar10_preactresnet18.py (full width, 2000 epochs); this short
 run does not reproduce it.
 
@@ -26,7 +26,7 @@ from alignmix_jax.trainer.experiment_config import apply_config_argument, defaul
 
 
 def get_config(argument=None):
-    """The short CIFAR-10 JPEG AlignMixup run; "smoke" shrinks it to a few steps on digits."""
+    """The short CIFAR-10 JPEG AlignMixup run; "smoke": a few steps on a generated JPEG archive."""
     config = default_config(
         "image_folder", mean=data.OFFICIAL_CIFAR_MEAN, std=data.OFFICIAL_CIFAR_STD
     )

@@ -1,4 +1,4 @@
-"""Fashion-MNIST, small PreActResNet, AlignMixup: a short real-data run on 2 CPU cores.
+r"""Fashion-MNIST, small PreActResNet, AlignMixup: a short real-data run on 2 CPU cores.
 
     python -m alignmix_jax.main --config experiments/fashion_mnist_preactresnet18.py \
         --workdir DIR --config.data.manual_dir=../shared/data/fashion_mnist

@@ -1,4 +1,4 @@
-"""ImageNet, ResNet-50, AlignMixup. Paper: 79.32% (best validation top-1 over training).
+r"""ImageNet, ResNet-50, AlignMixup. Paper: 79.32% (best validation top-1 over training).
 
     python -m alignmix_jax.main --config experiments/imagenet_resnet50.py --workdir DIR \
         --config.data.manual_dir=/path/to/imagenet/tars

@@ -1,4 +1,4 @@
-"""TinyImageNet, PreActResNet-18, AlignMixup. Paper: 66.87% (best test top-1 over training).
+r"""TinyImageNet, PreActResNet-18, AlignMixup. Paper: 66.87% (best test top-1 over training).
 
     python -m alignmix_jax.main --config experiments/tinyimagenet_preactresnet18.py --workdir DIR \
         --config.data.path=/path/to/tiny-imagenet-200

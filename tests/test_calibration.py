@@ -1,6 +1,7 @@
 """Calibration metrics against hand-computed values, and the reliability diagram's PNG size."""
 
 import jax
+import matplotlib.colors
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,3 +65,20 @@ def test_reliability_diagram_png_has_expected_size(tmp_path):
                                                 figsize=(4.0, 3.0), dpi=50)
     with Image.open(path) as image:
         assert image.size == (200, 150)
+
+
+def test_reliability_diagram_draws_only_the_colours_of_its_legend(tmp_path):
+    """No translucent bar over another: every coloured pixel is one of the legend's colours (bin
+    9 is underconfident, so a gap drawn between confidence and accuracy would cover its bar)."""
+    stats = calibration.bin_statistics(CONFIDENCES, CORRECT)
+    path = calibration.plot_reliability_diagram(stats, str(tmp_path / "rel.png"),
+                                                figsize=(8.0, 6.0), dpi=50)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), np.int32).reshape(-1, 3)
+    legend = np.array([matplotlib.colors.to_rgb(c) for c in calibration.RELIABILITY_COLOURS])
+    distance_to_legend = np.abs(pixels[:, None, :] - 255 * legend[None]).max(-1).min(-1)
+    grey = pixels.max(-1) - pixels.min(-1) < 12  # white, black, grey lines and text
+    stray = (~grey & (distance_to_legend > 12)).reshape(image.size[1], image.size[0])
+    # Antialiased edges only: no stray pixel amid stray neighbours (a blended area).
+    inner = stray[1:-1, 1:-1] & stray[:-2, 1:-1] & stray[2:, 1:-1] & stray[1:-1, :-2]
+    assert not (inner & stray[1:-1, 2:]).any()

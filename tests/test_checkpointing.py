@@ -4,6 +4,7 @@ RunCheckpointer's best-weights pruning and meta snapshots; load_for_eval; a run 
 loads for evaluation on 1 device and resumes training on 4."""
 
 import json
+import logging
 import pathlib
 import shutil
 import signal
@@ -40,7 +41,6 @@ ARGS = [
     "--config.log_every_steps=1",
     "--config.data.image_size=16",
     "--config.tensorboard=False",
-    "--config.progress_bar=False",
 ]
 
 
@@ -93,7 +93,7 @@ def runs(tmp_path_factory):
 def checkpoint_meta(workdir: pathlib.Path, step: int) -> dict:
     meta = json.loads((workdir / checkpointing.CHECKPOINT_DIR / str(step) / "meta" /
                        "metadata").read_text())
-    meta.pop("images_per_sec")
+    meta.pop("images_per_sec"), meta.pop("wall_time_sec")
     return meta
 
 
@@ -104,7 +104,7 @@ def best_weights(workdir):
 @pytest.mark.parametrize("interrupted", ["killed", "stopped"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted):
     plain, resumed = runs["workdirs"]["plain"], runs["workdirs"][interrupted]
-    assert "Resumed from the checkpoint at step" in runs["outputs"][f"{interrupted}_resumed"]
+    assert "Resumed from the checkpoint at step " in runs["outputs"][f"{interrupted}_resumed"]
     plain_last = checkpointing.load_for_eval(plain, "last").variables
     resumed_last = checkpointing.load_for_eval(resumed, "last").variables
     # One device, the same program and the same inputs: the same reduction order, so a resume is
@@ -117,8 +117,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted)
                     strict=True):
         np.testing.assert_array_equal(a, b)
     summaries = [json.loads((w / "summary.json").read_text()) for w in (plain, resumed)]
-    for summary in summaries:
-        del summary["images_per_sec"], summary["wall_time_sec"]
+    for summary in summaries:  # all but the timings
+        for timing in ("images_per_sec", "wall_time_sec", "process_wall_time_sec",
+                       "process_first_step_sec"):
+            del summary[timing]
     assert summaries[0] == summaries[1]
     expected_steps = list(range(CHECKPOINT_EVERY, NUM_STEPS + 1, CHECKPOINT_EVERY))
     assert finished_checkpoints(plain) == expected_steps
@@ -134,6 +136,33 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted)
     assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
     for record in records:
         assert record["train_loss"] == plain_losses[record["step"]]
+
+
+def test_a_log_file_starts_with_the_banner_and_gets_one_plain_line_per_logged_step(runs):
+    """The runs log to a file (no terminal), with the default progress_bar=True: no tqdm bar."""
+    output = runs["outputs"]["plain"]
+    lines = output.splitlines()
+    start = [line.startswith("New run in ") for line in lines].index(True)
+    banner = lines[start : start + 5]
+    assert banner == [
+        f"New run in {runs['workdirs']['plain']}",
+        "Data: digits from scikit-learn's bundled copy; 1437 training and 360 eval images, "
+        "16x16x1, 10 classes",
+        banner[2],  # the parameter count
+        "Devices: 1 x cpu on 1 host(s); batch 16 (16 per device)",
+        f"Steps: {NUM_STEPS}, 0.18 epochs of 89 steps",
+    ]
+    assert banner[2].startswith("Model: preact_resnet18, 0.0") and banner[2].endswith(
+        " M parameters, computing in float32; method alignmixup"
+    )
+    resumed = runs["outputs"]["stopped_resumed"]
+    assert f"Resumed from the checkpoint at step 6 in {runs['workdirs']['stopped']}\n" in resumed
+    assert "\r" not in output
+    lines = [line for line in output.splitlines() if line.startswith("step ") and "loss" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        f"step {step}/{NUM_STEPS}" for step in range(1, NUM_STEPS + 1)
+    ]
+    assert all(", lr " in line and ", images/s " in line and ", ETA " in line for line in lines)
 
 
 def test_the_kill_came_after_a_best_save_and_a_later_eval(runs):
@@ -281,8 +310,10 @@ def test_run_saved_on_8_devices_loads_for_eval_on_1_device(eight_device_run, tmp
     assert len(loaded.files) == 2 * len(saved)
 
 
-def test_load_for_eval_replicates_on_the_current_mesh(eight_device_run):
-    variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last").variables
+def test_load_for_eval_replicates_on_the_current_mesh_without_warnings(eight_device_run, caplog):
+    with caplog.at_level(logging.WARNING):
+        variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last").variables
+    assert not [record.getMessage() for record in caplog.records]  # e.g. orbax's read_only notes
     state = eight_device_run["state"]
     expected = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
     assert flat_arrays(variables).keys() == expected.keys()

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from alignmix_jax import cli
+from alignmix_jax.data import image_folder
 from alignmix_jax.trainer import experiment_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -97,8 +98,19 @@ def test_configs_that_are_no_paper_row_quote_no_paper_figure(name):
 def test_smoke_variants_are_tiny_and_valid(name):
     config = load(name, "smoke")
     experiment_config.validate_config(config, num_devices=8)
-    assert config.data.name == "digits" and config.num_train_steps <= 10
+    assert config.num_train_steps <= 10
     assert config.mix.method == load(name).mix.method
+    full = load(name).data
+    if full.name == "image_folder":  # its own pipeline on a generated archive
+        assert config.data.path == image_folder.smoke_archive(full.cache_dir)
+        assert config.data.to_dict() == {**full.to_dict(), "path": config.data.path,
+                                         "image_size": 32, "train_examples_per_class": (
+                                             None if full.train_examples_per_class is None
+                                             else 8)}
+        assert config.smoke_replaced_data is None
+    else:  # digits in place of the dataset, named in the run's banner
+        assert config.data.name == "digits"
+        assert config.smoke_replaced_data == (None if full.name == "digits" else full.name)
 
 
 def test_unknown_config_argument_is_rejected():
@@ -127,6 +139,8 @@ def test_unknown_config_argument_is_rejected():
         ("mix.lam_mode", "pixel", "config.mix.lam_mode = 'pixel'.*'batch', 'example'"),
         ("mix.label_smoothing", 1.0, r"config.mix.label_smoothing = 1.0.*\[0, 1\)"),
         ("mix.off_after_epoch", -1.0, "config.mix.off_after_epoch = -1.0"),
+        ("profile_steps", (3, 2), r"config.profile_steps = \(3, 2\).*1 <= first <= last"),
+        ("profile_steps", (0, 2), r"config.profile_steps = \(0, 2\)"),
     ],
 )
 def test_bad_fields_fail_naming_the_field_and_allowed_values(field, value, message):
@@ -167,7 +181,11 @@ def test_command_line_overrides_are_parsed_to_each_fields_type():
         ({"mixx.epsilon": "0.5"}, r"config has no field 'mixx'"),
         ({"mix.num_iters": "many"}, "config.mix.num_iters expects int, got 'many'"),
         ({"tensorboard": "maybe"}, r"config.tensorboard expects a bool \(true/false\)"),
-        ({"model.stage_sizes": "1 1"}, r"config.model.stage_sizes expects a tuple"),
+        ({"model.stage_sizes": "1 1"},
+         r"config.model.stage_sizes expects a tuple literal such as \(1, 1, 1, 1\)"),
+        ({"mix.manifold_stages": "input,stage1"},  # stage names are strings
+         r"expects a tuple literal such as \('input', 'stage1', 'stage2'\), got 'input,stage1'"),
+        ({"data.mean": "(a"}, r"config.data.mean expects a tuple literal such as \(0.5, 0.25\)"),
         ({"mix.alpha": "two"}, "config.mix.alpha expects float"),
     ],
 )

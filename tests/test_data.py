@@ -592,6 +592,22 @@ def test_cifar10_jpeg_archive(shared_data):
     np.testing.assert_allclose(first["image"][0], expected, atol=1e-5)
 
 
+def test_the_smoke_archive_is_an_image_folder_written_once(tmp_path):
+    archive = image_folder.smoke_archive(str(tmp_path))
+    written = os.stat(archive).st_mtime_ns
+    assert image_folder.smoke_archive(str(tmp_path)) == archive
+    assert os.stat(archive).st_mtime_ns == written
+    config = data.default_data_config("image_folder", path=archive, cache_dir=str(tmp_path))
+    info = data.get_dataset_info(config)
+    num_classes, num_train, num_test, side = image_folder.SMOKE_SHAPE
+    assert (info.num_classes, info.num_train, info.num_eval) == (
+        num_classes, num_classes * num_train, num_classes * num_test
+    )
+    assert info.image_shape == (side, side, 3)
+    batch = next(data.make_train_iterator(config, 16, seed=0))
+    assert batch["image"].shape == (16, side, side, 3) and len(set(batch["label"])) > 1
+
+
 @pytest.mark.parametrize("process_index", [0, 1])
 def test_process_zero_prepares_tfds_data_before_the_others(monkeypatch, process_index):
     events = []

@@ -52,6 +52,19 @@ def test_resumed_run_appends_a_new_event_file_and_truncates_lost_records(tmp_pat
     logger.close()
     assert [r["train_loss"] for r in logging_utils.read_metrics(tmp_path)] == [2.25, 1.25]
     assert len(list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())) == 2
+    # A process that writes no record (the rerun of a finished run) adds no event file.
+    logging_utils.MetricLogger(tmp_path, 4, initial_step=4, progress_bar=False).close()
+    assert len(list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())) == 2
+
+
+def test_without_a_terminal_each_logged_step_is_one_plain_line(tmp_path, capsys):
+    """stdout is not a terminal here (pytest captures it): no tqdm bar even when one is asked for,
+    one line per step with the ETA at the pace so far instead."""
+    logger = logging_utils.MetricLogger(tmp_path, 10, initial_step=2, progress_bar=True)
+    logger._last_advance = (2, logging_utils.time.perf_counter() - 8.0)  # 4 s per step so far
+    logger.advance(4, {"loss": "2.2500", "lr": "0.1"})
+    logger.close()
+    assert capsys.readouterr().out == "step 4/10: loss 2.2500, lr 0.1, ETA 0:00:24\n"
 
 
 def test_other_hosts_and_disabled_tensorboard_write_nothing(tmp_path):

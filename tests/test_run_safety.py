@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from alignmix_jax import data
 from alignmix_jax.core import method
 from alignmix_jax.trainer import checkpointing, experiment_config, logging_utils, train
 
@@ -124,6 +125,17 @@ def test_sigint_and_sigterm_ask_the_loop_to_stop_after_the_step():
             os.kill(os.getpid(), signum)
             assert signals.should_stop(2) and signals.received == signal.Signals(signum).name
         assert signal.getsignal(signum) is not signals._handle  # the previous handler is back
+    with train.StopSignals(), pytest.raises(KeyboardInterrupt):  # Ctrl-C twice: stop at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_dataset_that_cannot_be_prepared_leaves_no_workdir(tmp_path):
+    config = smoke(1)
+    config.data = data.default_data_config("image_folder", path=str(tmp_path / "missing"))
+    with pytest.raises(data.DataUnavailableError, match="data.path: .*missing' does not exist"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_validation_split_selects_the_best_weights_and_is_summarised(tmp_path):

@@ -84,9 +84,11 @@ def test_run_sweep_writes_results_and_skips_finished_runs(tiny_ablation, tmp_pat
         table = list(csv.DictReader(file))
     assert [float(row["final_top1"]) for row in table] == [90.5, 92.0]
     assert json.loads(table[1]["overrides"]) == {"mix.epsilon": 2.0, "mix.method": "alignmix"}
+    assert float(table[0]["images_per_sec"]) == 123.0
     markdown = (workdir / "results.md").read_text().splitlines()
     assert markdown[2].startswith("| point | overrides | seeds | final_top1 | best_top1")
     assert "test_top1_at_best_validation" not in markdown[2]  # no validation split here
+    assert "images_per_sec" not in markdown[2]  # the machine's load more than the method's speed
     assert len(markdown) == 6 and "| 92.00 |" in markdown[5]
     # A rerun trains nothing: both runs have their summary.
     sweep.run_sweep(str(tiny_ablation), workdir, train_fn=fake_train(calls))
@@ -154,3 +156,27 @@ def test_validation_figures_reach_the_tables(tiny_ablation, tmp_path):
     assert rows[0]["test_top1_at_best_validation"] == 89.5
     header = (tmp_path / "sweep" / "results.md").read_text().splitlines()[2]
     assert "validation_best_top1 | test_top1_at_best_validation" in header
+
+
+def test_a_sweep_takes_smoke_and_overrides_of_its_base_config(tiny_ablation, tmp_path):
+    configs = []
+
+    def train_fn(config, workdir):
+        configs.append(config)
+        return fake_train([])(config, workdir)
+
+    overrides = {"num_train_steps": "20", "optimizer.learning_rate": "0.05"}
+    sweep.run_sweep(f"{tiny_ablation}:smoke", tmp_path / "sweep", train_fn=train_fn,
+                    base_overrides=overrides)
+    assert [config.mix.epsilon for config in configs] == [0.5, 2.0]
+    for config in configs:
+        assert config.num_train_steps == 20 and config.optimizer.learning_rate == 0.05
+        assert config.batch_size == 16 and config.model.base_width == 8  # the smoke
+    commands = sweep.print_commands(f"{tiny_ablation}:smoke", tmp_path / "sweep", None, overrides)
+    assert all("--config.num_train_steps=20" in command for command in commands)
+    assert all(f"--config={tiny_ablation}:smoke" in command for command in commands)
+    with pytest.raises(ValueError, match=r"--config.mix.epsilon: the sweep sets this field"):
+        sweep.run_sweep(str(tiny_ablation), tmp_path / "other", base_overrides={
+            "mix.epsilon": "0.1"})
+    with pytest.raises(ValueError, match=r"--config.seed: the sweep sets this field"):
+        sweep.print_commands(str(tiny_ablation), tmp_path / "other", None, {"seed": "3"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,36 @@ from alignmix_jax.data.config import DataSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# The generated archive of `:smoke` runs: classes, training and test images per class, image side.
+SMOKE_SHAPE = (10, 16, 8, 32)
+
+
+def smoke_archive(cache_dir: str) -> str:
+    """A small archive in this source's format for `:smoke` runs, written once under
+    `cache_dir/smoke/`: `images/{train,test}/class<k>/<i>.jpg`, SMOKE_SHAPE's classes of 32x32
+    JPEGs (each class a colour, plus noise). Returns its path."""
+    path = os.path.join(os.path.expanduser(cache_dir), "smoke", "image_folder.tar.gz")
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    num_classes, num_train, num_test, side = SMOKE_SHAPE
+    rng = np.random.default_rng(0)
+    colours = rng.uniform(0, 255, (num_classes, 3))
+    handle, scratch = tempfile.mkstemp(prefix=".writing-", dir=os.path.dirname(path))
+    with os.fdopen(handle, "wb") as file, tarfile.open(fileobj=file, mode="w:gz") as archive:
+        for split, count in (("train", num_train), ("test", num_test)):
+            for label in range(num_classes):
+                for index in range(count):
+                    noise = rng.normal(0.0, 40.0, (side, side, 3))
+                    pixels = np.clip(colours[label] + noise, 0, 255).astype(np.uint8)
+                    encoded = io.BytesIO()
+                    Image.fromarray(pixels).save(encoded, "JPEG")
+                    member = tarfile.TarInfo(f"images/{split}/class{label}/{index:03d}.jpg")
+                    member.size = encoded.tell()
+                    encoded.seek(0)
+                    archive.addfile(member, encoded)
+    os.replace(scratch, path)
+    return path
 
 
 def _stamp(path: str) -> str:

@@ -52,6 +52,18 @@ class DatasetInfo:
     std: tuple[float, ...]
     has_boxes: bool
     class_names: tuple[str, ...]
+    location: str  # where the examples are read from, in words
+
+
+def _location(spec: DataSpec) -> str:
+    """Where `spec`'s examples are read from, in words (for the run's banner)."""
+    source = spec.defaults.source
+    if source == "digits":
+        return "scikit-learn's bundled copy"
+    if source == "image_folder":
+        return spec.path
+    where = spec.data_dir or "tfds's default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    return f"tfds array_record files in {where}"
 
 
 def get_dataset_info(data_config) -> DatasetInfo:
@@ -78,6 +90,7 @@ def get_dataset_info(data_config) -> DatasetInfo:
         std=std,
         has_boxes=spec.defaults.has_boxes,
         class_names=meta.class_names,
+        location=_location(spec),
     )
 
 

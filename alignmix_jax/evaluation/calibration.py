@@ -105,6 +105,9 @@ def overconfidence_error(stats: BinStatistics) -> float:
     return float(np.sum(weight * confidence * np.maximum(confidence - accuracy, 0.0)))
 
 
+RELIABILITY_COLOURS = ("tab:blue", "lightcoral", "tab:red")  # accuracy, gap, confidence
+
+
 def plot_reliability_diagram(
     stats: BinStatistics,
     path: str,
@@ -136,26 +139,35 @@ def plot_reliability_diagram(
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     width = 1.0 / num_bins
     figure, axes = plt.subplots(figsize=figsize, dpi=dpi)
+    accuracy_colour, gap_colour, confidence_colour = RELIABILITY_COLOURS
     axes.bar(
         edges[:-1],
         np.where(occupied, accuracy, 0.0),
         width=width,
         align="edge",
         edgecolor="black",
-        color="tab:blue",
+        color=accuracy_colour,
         label="accuracy",
     )
-    gap_bottom = np.minimum(accuracy, confidence)
+    # Opaque and never over the accuracy bar, so that the colours are the legend's.
+    over = occupied & (confidence > accuracy)
     axes.bar(
         edges[:-1],
-        np.where(occupied, np.abs(confidence - accuracy), 0.0),
+        np.where(over, confidence - accuracy, 0.0),
         width=width,
-        bottom=np.where(occupied, gap_bottom, 0.0),
+        bottom=np.where(over, accuracy, 0.0),
         align="edge",
-        color="tab:red",
-        alpha=0.35,
-        edgecolor="tab:red",
-        label="gap to confidence",
+        color=gap_colour,
+        edgecolor="black",
+        label="confidence above accuracy",
+    )
+    axes.hlines(
+        confidence[occupied],
+        edges[:-1][occupied],
+        edges[1:][occupied],
+        colors=confidence_colour,
+        linewidth=2,
+        label="mean confidence",
     )
     axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     axes.set_xlim(0, 1)

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from alignmix_jax.trainer import parallel
+from alignmix_jax.trainer import compilation_cache, parallel
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -61,7 +61,8 @@ RUNTIME_FIELDS = frozenset({
     "progress_bar", "tensorboard", "stop_on_divergence", "paper_top1", "keep_checkpoints",
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_batch_size",
     "distributed", "distributed_coordinator", "distributed_num_processes", "distributed_process_id",
-    "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir",
+    "data.data_dir", "data.manual_dir", "data.path", "data.cache_dir", "smoke_replaced_data",
+    "compilation_cache_dir", "profile_steps",
 })
 
 
@@ -317,7 +318,8 @@ def load_for_eval(workdir, which: str = "best") -> TrainedRun:
     """Loads a trained run for evaluation -> `TrainedRun(config, model, variables, step)`.
 
     The checkpoint restores on this process's devices whatever the device count of the run that
-    saved it (e.g. a run trained on 8 GPUs evaluated on a 1-CPU laptop).
+    saved it (e.g. a run trained on 8 GPUs evaluated on a 1-CPU laptop). The compilations that
+    follow use the run's `compilation_cache_dir` (see `compilation_cache`).
 
     Args:
       workdir: run directory written by `train.train_and_evaluate`.
@@ -338,14 +340,18 @@ def load_for_eval(workdir, which: str = "best") -> TrainedRun:
             f"workdir={str(workdir)!r} does not exist; expected a training run directory"
         )
     config = load_config(workdir)
+    compilation_cache.use_compilation_cache(config.get("compilation_cache_dir"))
     directory = workdir / (BEST_DIR if which == "best" else CHECKPOINT_DIR)
     if not directory.is_dir():
         raise ValueError(f"workdir={str(workdir)!r} has no {directory.name}/ checkpoint directory")
     manager = ocp.CheckpointManager(
         directory.absolute(),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={
+        # Not `read_only=True`: orbax warns about each option that setting overrides. This manager
+        # only restores; `create=False` keeps it from making the directory.
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={  # every item a training checkpoint holds, or orbax warns of the others
             "model": ocp.StandardCheckpointHandler(),
+            "optimizer": ocp.StandardCheckpointHandler(),
             "meta": ocp.JsonCheckpointHandler(),
         },
     )

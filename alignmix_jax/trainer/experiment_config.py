@@ -76,8 +76,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(argument) if argument else module.get_config()
 
 
-def _parse(text: str, field_type: type | None, field: str):
-    """A command-line string as a value of `field_type` (None: a literal, or else the text)."""
+def _parse(text: str, field_type: type | None, field: str, current=None):
+    """A command-line string as a value of `field_type` (None: a literal, or else the text);
+    `current`, the field's value, is the example an error shows for a tuple."""
     if field_type is str:
         return text
     if field_type is bool:
@@ -96,8 +97,10 @@ def _parse(text: str, field_type: type | None, field: str):
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         if field_type in (tuple, list):
-            expected = "a tuple such as (1, 2)"
-            raise ValueError(f"config.{field} expects {expected}, got {text!r}") from None
+            example = tuple(current) if current else "(0.5, 0.25) or ('a', 'b')"
+            raise ValueError(
+                f"config.{field} expects a tuple literal such as {example}, got {text!r}"
+            ) from None
         return text
     return tuple(value) if isinstance(value, list) else value
 
@@ -127,7 +130,7 @@ def apply_overrides(
                 )
             parent, node, walked = node, node[name], f"{walked}.{name}"
         if isinstance(value, str):
-            value = _parse(value, parent.get_ref(leaf).get_type(), dotted)
+            value = _parse(value, parent.get_ref(leaf).get_type(), dotted, parent[leaf])
         try:
             parent[leaf] = value
         except TypeError as error:
@@ -200,6 +203,13 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.distributed_process_id = config_dict.placeholder(int)
     config.tensorboard = True
     config.progress_bar = True
+    # The persistent XLA compilation cache (None: $JAX_COMPILATION_CACHE_DIR if set, else
+    # ~/.cache/alignmix_jax/xla; "": off): a rerun or a resume does not compile again.
+    config.compilation_cache_dir = config_dict.placeholder(str)
+    # (first, last): a jax.profiler trace of these steps in workdir/profile (None: no trace).
+    config.profile_steps = config_dict.placeholder(tuple)
+    # The dataset a `:smoke` config replaced by digits (None: not replaced); the banner names it.
+    config.smoke_replaced_data = config_dict.placeholder(str)
     # The paper's best test top-1 (%) for this config's row (None: no paper row). The experiment
     # file is the one place a figure is written; evaluation reports read it from here.
     config.paper_top1 = config_dict.placeholder(float)
@@ -208,10 +218,22 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
 
 def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks `config` to a CPU check of a few seconds: the same method and model family with
-    tiny widths, 4 steps on the bundled digits data (no download) at 32x32, batch 16."""
+    tiny widths, 4 steps at 32x32, batch 16. An image-folder config keeps its own pipeline and
+    its data fields, on a generated archive (`image_folder.smoke_archive`, at most 8 training
+    images per class); any other dataset is replaced by the bundled digits (no download), and
+    named in `smoke_replaced_data`: the run's banner says what it skips."""
     from alignmix_jax import data
+    from alignmix_jax.data import image_folder
 
-    config.data = data.default_data_config("digits", image_size=32)
+    if config.data.name == "image_folder":
+        config.data.path = image_folder.smoke_archive(config.data.cache_dir)
+        config.data.image_size = 32
+        if config.data.train_examples_per_class is not None:
+            config.data.train_examples_per_class = min(config.data.train_examples_per_class, 8)
+    else:
+        if config.data.name != "digits":
+            config.smoke_replaced_data = config.data.name
+        config.data = data.default_data_config("digits", image_size=32)
     if config.model.name == "wide_resnet":
         config.model.depth, config.model.widen_factor = 10, 1
     else:
@@ -227,14 +249,21 @@ def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 CONFIG_ARGUMENTS = (None, "", "smoke")
-ABLATION_BASES = {None: "quickstart.py", "cifar10": "cifar10_preactresnet18.py"}
+ABLATION_BASES = {
+    None: "quickstart.py",
+    "smoke": "quickstart.py:smoke",
+    "cifar10": "cifar10_preactresnet18.py",
+}
 
 
 def ablation_base_config(ablation_file: str, argument: str | None) -> ml_collections.ConfigDict:
-    """Base config of `experiments/ablations/<name>.py`: the quickstart (argument None) or the
-    CIFAR-10 PreActResNet-18 row ("cifar10"), read from the experiments folder above the file."""
+    """Base config of `experiments/ablations/<name>.py`: the quickstart (argument None), its
+    smoke ("smoke") or the CIFAR-10 PreActResNet-18 row ("cifar10"), read from the experiments
+    folder above the file."""
     if argument not in ABLATION_BASES:
-        raise ValueError(f"config argument {argument!r} is invalid; expected none or 'cifar10'")
+        raise ValueError(
+            f"config argument {argument!r} is invalid; expected none, 'smoke' or 'cifar10'"
+        )
     experiments = os.path.dirname(os.path.dirname(os.path.abspath(ablation_file)))
     return load_config(os.path.join(experiments, ABLATION_BASES[argument]))
 
@@ -374,6 +403,13 @@ def validate_config(
     _require_positive("summary_last_evals", config.summary_last_evals, integer=True)
     if config.eval_every_steps < 0:
         _fail("eval_every_steps", config.eval_every_steps, "0 (every epoch) or a positive integer")
+    profile_steps = config.get("profile_steps")
+    if profile_steps is not None and not (
+        len(profile_steps) == 2
+        and all(isinstance(step, int) and not isinstance(step, bool) for step in profile_steps)
+        and 1 <= profile_steps[0] <= profile_steps[1]
+    ):
+        _fail("profile_steps", profile_steps, "None or (first, last) steps, 1 <= first <= last")
     validate_optimizer_config(config.optimizer)
     if stage_names is None:
         stage_names = model_stage_names(config.model)

@@ -1,4 +1,5 @@
-"""Metric writers of a training run: JSON lines, TensorBoard event files and a tqdm progress bar.
+"""Metric writers of a training run: JSON lines, TensorBoard event files, and on the console a tqdm
+progress bar (stdout a terminal) or one plain line per logged step (a log file, as a batch job).
 
 The event files are written with the `tensorboard` package's protos and record format alone:
 training never imports TensorFlow, installed or not.
@@ -7,11 +8,13 @@ Only host 0 writes; every other host gets a writer that does nothing, so the tra
 branches on the host index.
 """
 
+import datetime
 import itertools
 import json
 import os
 import pathlib
 import socket
+import sys
 import time
 
 import tqdm
@@ -82,15 +85,17 @@ def truncate_metrics(workdir, last_step: int) -> None:
 
 
 class MetricLogger:
-    """Writes metric records to `metrics.jsonl` and TensorBoard, and drives the progress bar.
+    """Writes metric records to `metrics.jsonl` and TensorBoard, and shows the progress.
 
     Args:
       workdir: run directory.
-      total_steps: length of the progress bar.
+      total_steps: the last step of the run.
       initial_step: step the run starts (or resumes) from.
       is_writer: False on hosts other than 0: nothing is written or shown.
-      tensorboard: also write TensorBoard event files under `workdir/tensorboard`.
-      progress_bar: show a tqdm bar with loss, lr, images/s and ETA.
+      tensorboard: also write TensorBoard event files under `workdir/tensorboard` (a new file at
+        the first record of each process, none for a process that writes no record).
+      progress_bar: show a tqdm bar when stdout is a terminal. Otherwise (a log file, or
+        progress_bar False) each `advance` prints one line: step, the values shown and the ETA.
     """
 
     def __init__(
@@ -105,14 +110,15 @@ class MetricLogger:
     ):
         self._is_writer = is_writer
         self._path = pathlib.Path(workdir) / METRICS_FILE
+        self._tensorboard_dir = pathlib.Path(workdir) / TENSORBOARD_DIR if tensorboard else None
         self._tensorboard = None
         self._bar = None
+        self._total_steps = total_steps
+        self._last_advance = (initial_step, time.perf_counter())
         if not is_writer:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
-            self._tensorboard = EventFile(pathlib.Path(workdir) / TENSORBOARD_DIR)
-        if progress_bar:
+        if progress_bar and sys.stdout.isatty():
             self._bar = tqdm.tqdm(
                 total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
             )
@@ -124,18 +130,29 @@ class MetricLogger:
         record = {"step": int(step), **{name: float(value) for name, value in metrics.items()}}
         with self._path.open("a") as file:
             file.write(json.dumps(record) + "\n")
-        if self._tensorboard is not None:
+        if self._tensorboard_dir is not None:
+            if self._tensorboard is None:
+                self._tensorboard = EventFile(self._tensorboard_dir)
             scalars = {name: value for name, value in record.items() if name != "step"}
             self._tensorboard.add_event(_scalar_event(step, scalars))
             self._tensorboard.flush()
 
-    def advance(self, step: int, postfix: dict[str, str] | None = None) -> None:
-        """Moves the progress bar to `step` and shows `postfix` (e.g. loss, lr, img/s)."""
-        if self._bar is None:
+    def advance(self, step: int, shown: dict[str, str]) -> None:
+        """Moves the progress bar to `step` showing `shown` (e.g. {"loss": "2.3012"}), or prints
+        `step 30/100: loss 2.3012, ..., ETA 0:01:05` (the ETA at the pace since the last call)."""
+        if not self._is_writer:
             return
-        if postfix:
-            self._bar.set_postfix(postfix, refresh=False)
-        self._bar.update(step - self._bar.n)
+        if self._bar is not None:
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(step - self._bar.n)
+            return
+        last_step, last_time = self._last_advance
+        now = time.perf_counter()
+        self._last_advance = (step, now)
+        seconds_per_step = (now - last_time) / max(step - last_step, 1)
+        eta = datetime.timedelta(seconds=round(seconds_per_step * (self._total_steps - step)))
+        values = "".join(f"{name} {value}, " for name, value in shown.items())
+        print(f"step {step}/{self._total_steps}: {values}ETA {eta}", flush=True)
 
     def message(self, text: str) -> None:
         """Prints a line on host 0 without breaking the progress bar."""

@@ -31,7 +31,8 @@ def new_meta() -> dict:
 
     best_step: the step of the best-weights checkpoint; best: {split: {"step", "top1", "top5"}};
     test_top1_at_best_validation; recent_evals: the last evals, [{"step", split: {"top1",
-    "top5"}}], oldest first.
+    "top5"}}], oldest first. The trainer adds images_per_sec and wall_time_sec (the run's so far)
+    when it saves a checkpoint.
     """
     return {"best_step": 0, "best": {}, "test_top1_at_best_validation": None, "recent_evals": []}
 

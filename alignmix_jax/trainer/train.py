@@ -11,6 +11,7 @@ import os
 import pathlib
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ from alignmix_jax.core import method
 from alignmix_jax.core.mixing import mixed_cross_entropy
 from alignmix_jax.trainer import (
     checkpointing,
+    compilation_cache,
     experiment_config,
     logging_utils,
     parallel,
@@ -39,6 +41,7 @@ from alignmix_jax.trainer import (
 
 DATA_AXIS = parallel.DATA_AXIS
 SUMMARY_FILE = "summary.json"
+PROFILE_DIR = "profile"
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -259,7 +262,9 @@ def _abstract(tree):
 
 
 class _Throughput:
-    """Images/s over log intervals; the interval holding the first (compiling) step is dropped.
+    """Images/s over log intervals, and how an interval's time splits between waiting for input
+    and the rest (the device step); the interval holding the first (compiling) step is dropped
+    from the median.
 
     (clu's `periodic_actions.ReportProgress` would do this, but clu cannot be imported without
     TensorFlow, which training does not need.)
@@ -270,6 +275,7 @@ class _Throughput:
         self.rates: list[float] = []
         self._start = time.perf_counter()
         self._steps = 0
+        self._input_wait = 0.0
         self._first_interval = True
 
     def pause(self) -> float:
@@ -279,18 +285,27 @@ class _Throughput:
     def resume(self, paused_at: float) -> None:
         self._start += time.perf_counter() - paused_at
 
-    def add_steps(self, steps: int) -> None:
-        self._steps += steps
+    def add_step(self, input_wait: float) -> None:
+        """Counts a step whose batch took `input_wait` seconds to arrive."""
+        self._steps += 1
+        self._input_wait += input_wait
 
-    def close_interval(self) -> float:
-        """Rate of the interval that just ended (call after blocking on its results)."""
+    def close_interval(self) -> dict[str, float]:
+        """The interval that just ended (call after blocking on its results): images_per_sec,
+        step_sec (wall time per step) and input_wait_sec (of which waiting for the batch)."""
         now = time.perf_counter()
-        rate = self._steps * self.global_batch_size / max(now - self._start, 1e-9)
+        seconds = max(now - self._start, 1e-9)
+        steps = max(self._steps, 1)
+        interval = {
+            "images_per_sec": self._steps * self.global_batch_size / seconds,
+            "step_sec": seconds / steps,
+            "input_wait_sec": self._input_wait / steps,
+        }
         if not self._first_interval:
-            self.rates.append(rate)
+            self.rates.append(interval["images_per_sec"])
         self._first_interval = False
-        self._start, self._steps = now, 0
-        return rate
+        self._start, self._steps, self._input_wait = now, 0, 0.0
+        return interval
 
     def median(self, fallback: float) -> float:
         return statistics.median(self.rates) if self.rates else fallback
@@ -316,7 +331,8 @@ class RunInterrupted(Exception):
 class StopSignals:
     """Turns SIGTERM and SIGINT into a request to stop after the current step (a context manager).
 
-    One process: the handlers set a flag, read after each step. Several processes: SIGTERM goes to
+    One process: the handlers set a flag, read after each step; a second SIGINT (Ctrl-C again)
+    raises KeyboardInterrupt at once, without a checkpoint. Several processes: SIGTERM goes to
     JAX's preemption service (started by `jax.distributed.initialize`), which agrees on one step at
     which every process stops (`multihost_utils.reached_preemption_sync_point`); SIGINT is passed
     on to it as SIGTERM.
@@ -340,9 +356,19 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         del frame
-        self.received = signal.Signals(signum).name
         if jax.process_count() > 1:
+            self.received = signal.Signals(signum).name
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(
+            f"{self.received}: stopping after this step with a checkpoint"
+            + (" (Ctrl-C again to stop at once without one)" if signum == signal.SIGINT else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def should_stop(self, step: int) -> bool:
         """Whether every process stops after `step`; call once per step on every process."""
@@ -390,22 +416,66 @@ def _alignment_record(history: dict) -> dict[str, float]:
     return record
 
 
-def _log_interval(logger, throughput: _Throughput, step: int, history: dict) -> float:
-    """Writes the train metrics of the interval ending at `step`; returns its images/s."""
-    rate = throughput.close_interval()
+class _Profile:
+    """A `jax.profiler` trace of the steps `config.profile_steps` = (first, last) in
+    `workdir/profile` (TensorBoard's profile plugin, and `perfetto_trace.json.gz` for Perfetto)."""
+
+    def __init__(self, steps: tuple[int, int] | None, workdir: pathlib.Path, logger):
+        self._steps, self._logger = steps, logger
+        self.directory = workdir / PROFILE_DIR
+        self._tracing = False
+
+    def before(self, step: int) -> None:
+        if self._steps is not None and step == self._steps[0]:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self._tracing = True
+
+    def after(self, step: int, state) -> None:
+        if self._tracing and step == self._steps[1]:
+            jax.block_until_ready(state)
+            self.close()
+
+    def close(self) -> None:
+        if self._tracing:
+            jax.profiler.stop_trace()
+            self._tracing = False
+            self._logger.message(f"Wrote a profile of steps {self._steps} in {self.directory}")
+
+
+def _device_memory() -> dict[str, float]:
+    """{"device_peak_memory_gib": the first local device's peak} where the backend reports it
+    (GPUs, TPUs; not the CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        return {}
+    return {"device_peak_memory_gib": stats["peak_bytes_in_use"] / 2**30}
+
+
+def _log_interval(logger, throughput: _Throughput, step: int, history: dict,
+                  num_devices: int) -> float:
+    """Writes the train metrics of the interval ending at `step`, with where its time went;
+    returns its images/s."""
+    interval = throughput.close_interval()
+    rate = interval["images_per_sec"]
     loss = float(np.mean(history["loss"]))
-    learning_rate = float(np.mean(history["learning_rate"]))
+    learning_rate = float(history["learning_rate"][-1])  # the rate of the step logged
     record = {
         "train_loss": loss,
         "learning_rate": learning_rate,
         "lam": float(np.mean(history["lam"])),
-        "images_per_sec": rate,
+        **interval,
+        "images_per_sec_per_device": rate / num_devices,
+        **_device_memory(),
         **_alignment_record(history),
     }
     logger.write(step, record)
-    logger.advance(
-        step, {"loss": f"{loss:.4f}", "lr": f"{learning_rate:.4g}", "img/s": f"{rate:.0f}"}
-    )
+    input_share = interval["input_wait_sec"] / interval["step_sec"]
+    logger.advance(step, {
+        "loss": f"{loss:.4f}",
+        "lr": f"{learning_rate:.4g}",
+        "images/s": f"{rate:.0f}",
+        "input wait": f"{100 * input_share:.0f}%",
+    })
     return rate
 
 
@@ -433,6 +503,34 @@ def _evaluate_and_keep_best(
     )
 
 
+def run_banner(config, info: data.DatasetInfo, workdir, start_step: int, total_steps: int,
+               steps_per_epoch: int, num_params: int, mesh: jax.sharding.Mesh) -> str:
+    """The lines a run starts with: workdir and the step it resumes from, the data and where it
+    is read from (and what a `:smoke` config replaced), model, method, devices, batch, steps."""
+    height, width, channels = info.image_shape
+    devices = mesh.devices.flat[0]
+    lines = [
+        f"Resumed from the checkpoint at step {start_step} in {workdir}"
+        if start_step else f"New run in {workdir}",
+        f"Data: {info.name} from {info.location}; {info.num_train} training and {info.num_eval} "
+        f"eval images, {height}x{width}x{channels}, {info.num_classes} classes",
+    ]
+    if config.smoke_replaced_data is not None:
+        lines.append(
+            f"Smoke: ':smoke' replaced {config.smoke_replaced_data} by {info.name}; this run "
+            f"exercises none of {config.smoke_replaced_data}'s data pipeline"
+        )
+    lines += [
+        f"Model: {config.model.name}, {num_params / 1e6:.3g} M parameters, computing in "
+        f"{config.compute_dtype}; method {config.mix.method}",
+        f"Devices: {mesh.size} x {devices.device_kind} on {jax.process_count()} host(s); batch "
+        f"{config.batch_size} ({config.batch_size // mesh.size} per device)",
+        f"Steps: {total_steps}, {total_steps / steps_per_epoch:.3g} epochs of "
+        f"{steps_per_epoch} steps",
+    ]
+    return "\n".join(lines)
+
+
 def prepare_workdir(workdir) -> pathlib.Path:
     """Creates `workdir` if needed and checks that files can be written there; a ValueError with
     one line naming the problem otherwise (a file in the way, a read-only folder, ...)."""
@@ -457,7 +555,7 @@ class Training:
 
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
-    image_shape: tuple[int, ...]
+    info: data.DatasetInfo
     model: models.StagedClassifier
     learning_rate_fn: optax.Schedule
     optimizer: optax.GradientTransformation
@@ -471,7 +569,7 @@ class Training:
     def initial_state(self) -> TrainState:
         """The replicated initial state of the config's seed."""
         return create_train_state(
-            self.model, self.optimizer, self.image_shape, self.config.seed, self.mesh
+            self.model, self.optimizer, tuple(self.info.image_shape), self.config.seed, self.mesh
         )
 
     def step_for(self, step: int) -> Callable:
@@ -501,7 +599,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
     return Training(
         config=config,
         mesh=mesh,
-        image_shape=tuple(info.image_shape),
+        info=info,
         model=model,
         learning_rate_fn=learning_rate_fn,
         optimizer=optimizer,
@@ -534,16 +632,28 @@ def train_and_evaluate(
       `run_summary.summarize`'s summary: for the test split "final_top1", "final_top5",
       "best_top1", "best_top5", "best_step", "median_last_top1", and with a validation split
       the same under "validation" and "test_top1_at_best_validation"; plus "selected_on",
-      "images_per_sec", "steps", "wall_time_sec", "machine". Accuracies in %.
+      "images_per_sec", "steps", "wall_time_sec" (the run's: this process's, and each earlier
+      process's up to its last checkpoint), "process_wall_time_sec" (this process's),
+      "process_first_step_sec" (from its start to the end of its first step, compilation
+      included; None when it trained no step), "machine".
+      Accuracies in %.
     """
     wall_start = time.perf_counter()
+    cache_dir = compilation_cache.use_compilation_cache(config.compilation_cache_dir)
+    new_workdir = not pathlib.Path(workdir).exists()
     workdir = prepare_workdir(workdir)
     mesh = parallel.make_data_mesh()
     experiment_config.validate_config(config, mesh.size, jax.process_count())
     is_writer = jax.process_index() == 0
 
-    training = build_training(config, mesh)
-    steps_per_epoch, total_steps = training.steps_per_epoch, training.total_steps
+    try:
+        training = build_training(config, mesh)  # prepares the dataset on first use
+    except BaseException:
+        if new_workdir and not any(workdir.iterdir()):
+            workdir.rmdir()  # leave no empty workdir behind
+        raise
+    info, steps_per_epoch = training.info, training.steps_per_epoch
+    total_steps = training.total_steps
     eval_every = config.eval_every_steps or steps_per_epoch
     state = training.initial_state()
     base_key = training.base_key
@@ -556,6 +666,7 @@ def train_and_evaluate(
             config, workdir, last_checkpoint, accept_config_changes, is_writer
         )
         state, meta = checkpointer.restore(_abstract(state))
+    earlier_wall_time = meta.get("wall_time_sec", 0.0)  # of the processes before this one
     start_step = int(jax.device_get(state.step))
     if is_writer:
         checkpointing.save_config(config, workdir)
@@ -568,8 +679,10 @@ def train_and_evaluate(
         tensorboard=config.tensorboard,
         progress_bar=config.progress_bar,
     )
-    if start_step:
-        logger.message(f"Resumed from the checkpoint at step {start_step} in {workdir}.")
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    logger.message(run_banner(config, info, workdir, start_step, total_steps, steps_per_epoch,
+                              num_params, mesh))
+    logger.message(f"Compilation cache: {cache_dir or 'off'}")
 
     eval_step = make_eval_step(training.model)
     batches = data.prefetch_to_mesh(
@@ -581,13 +694,23 @@ def train_and_evaluate(
     throughput = _Throughput(config.batch_size)
     step_metrics, first_unchecked = [], start_step + 1
     log_window = []  # the host metrics of the steps since the last log, flushed in parts
-    rate = 0.0
+    rate, first_step_sec = 0.0, None
+    profile = _Profile(config.profile_steps, workdir, logger)
     try:
         with StopSignals() as signals:
             for step in range(start_step + 1, total_steps + 1):
-                state, metrics = training.step_for(step)(state, next(batches), base_key)
+                profile.before(step)
+                waiting_since = time.perf_counter()
+                batch = next(batches)
+                throughput.add_step(time.perf_counter() - waiting_since)
+                state, metrics = training.step_for(step)(state, batch, base_key)
                 step_metrics.append(metrics)
-                throughput.add_steps(1)
+                profile.after(step, state)
+                if first_step_sec is None:
+                    jax.block_until_ready(metrics)
+                    first_step_sec = time.perf_counter() - wall_start
+                    logger.message(f"First step done {first_step_sec:.1f} s after the start "
+                                   "(compilation included)")
                 stopping = signals.should_stop(step)
                 log_now = step % config.log_every_steps == 0 or step == total_steps or stopping
                 eval_now = step % eval_every == 0 or step == total_steps
@@ -603,7 +726,7 @@ def train_and_evaluate(
                 if log_now:
                     window = {name: np.concatenate([h[name] for h in log_window])
                               for name in history}
-                    rate = _log_interval(logger, throughput, step, window)
+                    rate = _log_interval(logger, throughput, step, window, mesh.size)
                     log_window = []
                 paused_at = throughput.pause()
                 if eval_now:
@@ -611,21 +734,26 @@ def train_and_evaluate(
                                             checkpointer, logger, total_steps)
                 if save_now or stopping:
                     meta["images_per_sec"] = throughput.median(fallback=rate)
+                    meta["wall_time_sec"] = earlier_wall_time + time.perf_counter() - wall_start
                     checkpointer.save(step, state, meta)
                     last_checkpoint = step
                 throughput.resume(paused_at)
                 if stopping:
                     raise RunInterrupted(signals.received, step, workdir)
     finally:
+        profile.close()
         batches.close()  # stops the prefetch thread
         checkpointer.close()
         logger.close()
 
+    process_wall_time = time.perf_counter() - wall_start
     summary = run_summary.summarize(
         meta,
         images_per_sec=throughput.median(fallback=meta.get("images_per_sec", rate)),
         steps=int(jax.device_get(state.step)),
-        wall_time_sec=time.perf_counter() - wall_start,
+        wall_time_sec=earlier_wall_time + process_wall_time,
+        process_wall_time_sec=process_wall_time,
+        process_first_step_sec=first_step_sec,
         machine=run_summary.machine(),
     )
     if is_writer:

@@ -1,4 +1,4 @@
-"""Ablation: the mixing methods on scarcer CIFAR-10 (100 training images per class), 3 seeds.
+r"""Ablation: the mixing methods on scarcer CIFAR-10 (100 training images per class), 3 seeds.
 
     python -m alignmix_jax.sweep --config experiments/ablations/lowdata100_cifar10.py \
         --workdir DIR

@@ -1,4 +1,4 @@
-"""Ablation: every mixing method on low-data CIFAR-10 (500 training images per class), 3 seeds.
+r"""Ablation: every mixing method on low-data CIFAR-10 (500 training images per class), 3 seeds.
 
     python -m alignmix_jax.sweep --config experiments/ablations/lowdata_cifar10.py \
         --workdir DIR
@@ -34,7 +34,7 @@ def lowdata_config(examples_per_class: int, epochs: int, eval_every_epochs: int,
     """Width-16 PreActResNet-18 on `examples_per_class` seeded training images of each CIFAR-10
     class (`data.split_seed` 0: the same images for every seed), the full test set, cosine lr 0.1,
     weight decay 5e-4, `epochs` epochs of batch 128, test top-1 every `eval_every_epochs` epochs;
-    "smoke" shrinks it to a few steps on digits."""
+    "smoke" shrinks it to a few steps on a generated JPEG archive."""
     config = default_config(
         "image_folder",
         path=CIFAR10_JPEG,

@@ -1,4 +1,4 @@
-"""Ablation: every mixing method on the quickstart setting (digits, small PreActResNet).
+r"""Ablation: every mixing method on the quickstart setting (digits, small PreActResNet).
 
     python -m alignmix_jax.sweep --config experiments/ablations/methods.py --workdir DIR
     python -m alignmix_jax.sweep --config experiments/ablations/methods.py:cifar10 --workdir DIR \
