@@ -26,7 +26,7 @@ from PIL import Image
 from alignmix_jax import data
 from alignmix_jax.data import augment, image_folder, sources, splits, tfds_source
 from alignmix_jax.data.base import ArraySource
-from alignmix_jax.data.config import resolve_spec
+from alignmix_jax.data.config import TFDS_SOURCES, resolve_spec
 from alignmix_jax.trainer import experiment_config
 
 ID_STEP = 4  # pixel value of image id k is ID_STEP * k
@@ -225,7 +225,7 @@ def test_missing_tfds_dataset_names_the_files_and_where_to_put_them(tmp_path):
     empty = tmp_path / "manual"
     empty.mkdir()
     config = data.default_data_config(
-        "fashion_mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(empty)
+        "fashion_mnist", data_dir=str(tmp_path), manual_dir=str(empty)
     )
     with pytest.raises(data.DataUnavailableError) as error:
         data.get_dataset_info(config)
@@ -260,6 +260,7 @@ def tiny_imagenet_config(tmp_path_factory):
     """A fake tiny-imagenet-200 folder, prepared by the first test that reads it."""
     root = tmp_path_factory.mktemp("tiny_imagenet")
     write_fake_tiny_imagenet(root / "download")
+    (root / "tfds").mkdir()
     return data.default_data_config(
         "tiny_imagenet", path=str(root / "download"), data_dir=str(root / "tfds")
     )
@@ -324,7 +325,7 @@ def test_reading_needs_no_tensorflow_and_preparing_without_it_names_the_extra(
 ):
     data.get_dataset_info(tiny_imagenet_config)  # prepared here, with TensorFlow
     prepared = tiny_imagenet_config.to_dict()
-    unprepared = prepared | {"data_dir": str(tmp_path / "empty_tfds")}
+    unprepared = prepared | {"data_dir": str(tmp_path)}
     script = HIDE_TENSORFLOW + f"""
 from alignmix_jax import data
 
@@ -351,7 +352,8 @@ def test_failed_tfds_download_names_the_files_and_their_urls(monkeypatch, tmp_pa
         raise requests.exceptions.ConnectionError("Max retries exceeded (NameResolutionError)")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
-    config = data.default_data_config("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    monkeypatch.setattr(tfds_source, "_unreachable_host", lambda urls: None)  # hosts answer
+    config = data.default_data_config("fashion_mnist", data_dir=str(tmp_path))
     with pytest.raises(data.DataUnavailableError) as error:
         data.get_dataset_info(config)
     message = str(error.value)
@@ -362,7 +364,7 @@ def test_failed_tfds_download_names_the_files_and_their_urls(monkeypatch, tmp_pa
 
 def test_missing_tiny_imagenet_folder_says_what_to_download(tmp_path):
     config = data.default_data_config(
-        "tiny_imagenet", path=str(tmp_path / "nothing"), data_dir=str(tmp_path / "tfds")
+        "tiny_imagenet", path=str(tmp_path / "nothing"), data_dir=str(tmp_path)
     )
     with pytest.raises(data.DataUnavailableError, match="tiny-imagenet-200.zip"):
         data.get_dataset_info(config)
@@ -523,6 +525,7 @@ def test_bad_split_and_subset_fields_name_the_field(field, value, message):
 @pytest.fixture(scope="module")
 def fashion_mnist_config(shared_data):
     """Fashion-MNIST prepared once from the local files into the persistent cache."""
+    os.makedirs(os.path.join(CACHE_DIR, "tfds"), exist_ok=True)
     return data.default_data_config(
         "fashion_mnist",
         manual_dir=str(shared_data / "fashion_mnist"),
@@ -670,7 +673,9 @@ def fake_rgb_source(monkeypatch):
 def normalised_batch(data_config, tmp_path):
     """One eval batch of `data_config` on the fake source (unique paths: no cache is shared)."""
     data_config = data_config.copy_and_resolve_references()
-    data_config.data_dir = data_config.path = str(tmp_path)
+    data_config.path = str(tmp_path)
+    if resolve_spec(data_config).defaults.source in TFDS_SOURCES:
+        data_config.data_dir = str(tmp_path)
     return data.get_dataset_info(data_config), next(data.make_eval_iterator(data_config, 4))
 
 
@@ -700,3 +705,40 @@ def test_normalisation_override_from_the_command_line(fake_rgb_source, tmp_path)
     # the dataset's own default (the true std of CIFAR-10's pixels) without the override
     info, _ = normalised_batch(data.default_data_config("cifar10"), tmp_path)
     assert info.std == data.DATASETS["cifar10"].std == (0.2470, 0.2435, 0.2616)
+
+
+def test_an_unreachable_download_host_fails_at_once_without_downloading(monkeypatch, tmp_path):
+    probed = []
+
+    def refused(address, timeout):
+        probed.append((address, timeout))
+        raise ConnectionRefusedError("Connection refused")
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("tfds must not start a download that cannot succeed")
+
+    monkeypatch.setattr(tfds_source.socket, "create_connection", refused)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", never)
+    config = data.default_data_config("fashion_mnist", data_dir=str(tmp_path))
+    with pytest.raises(data.DataUnavailableError) as error:
+        data.get_dataset_info(config)
+    message = str(error.value)
+    assert len(probed) == 1 and probed[0][1] == tfds_source.DOWNLOAD_PROBE_SEC
+    host, port = probed[0][0]
+    assert f"its download host {host}:{port} (Connection refused) cannot be reached" in message
+    assert "train-images-idx3-ubyte.gz" in message and "data.manual_dir" in message
+
+
+def test_a_data_dir_that_does_not_exist_is_said_to_not_exist(tmp_path):
+    missing = tmp_path / "nonexistent" / "tfds"
+    config = data.default_data_config("fashion_mnist", data_dir=str(missing))
+    with pytest.raises(data.DataUnavailableError, match="data.data_dir .* does not exist"):
+        data.get_dataset_info(config)
+    assert not missing.exists() and not missing.parent.exists()
+
+
+@pytest.mark.parametrize("field", ["data_dir", "manual_dir"])
+def test_datasets_outside_tfds_refuse_the_tfds_folders(field, tmp_path):
+    config = data.default_data_config("digits", **{field: str(tmp_path)})
+    with pytest.raises(ValueError, match=f"data.{field}: dataset 'digits' does not read it"):
+        data.get_dataset_info(config)

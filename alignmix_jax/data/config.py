@@ -68,6 +68,7 @@ DATASETS: dict[str, DatasetDefaults] = {
     "digits": DatasetDefaults("digits", 32, "digits", "test", None, None),
 }
 
+TFDS_SOURCES = ("tfds", "tfds_records")
 AUGMENTATIONS = ("none", "cifar", "tinyimagenet", "imagenet", "digits")
 CONFIG_FIELDS = (
     "name",
@@ -223,6 +224,13 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     path = _expand(data_config.get("path"))
     if name in ("tiny_imagenet", "image_folder") and path is None:
         raise ValueError(f"data.path: dataset {name!r} needs the root folder of its data, got None")
+    if defaults.source not in TFDS_SOURCES:
+        for field in ("data_dir", "manual_dir"):
+            if data_config.get(field) is not None:
+                raise ValueError(
+                    f"data.{field}: dataset {name!r} does not read it (only tfds datasets do), "
+                    f"got {data_config[field]!r}; unset it"
+                )
     per_class = data_config.get("train_examples_per_class")
     if per_class is not None:
         per_class = _int_at_least("train_examples_per_class", per_class, 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import socket
 import urllib.error
 import urllib.parse
 
@@ -32,6 +33,7 @@ PREPARE_EXTRA = (
 TFDS_EXTRA = "pip install 'alignmix_jax[tfds]' (in a checkout: pip install -e '.[tfds]')"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 READ_CHUNK = 10_000
+DOWNLOAD_PROBE_SEC = 10  # one connection attempt to each download host before tfds downloads
 
 
 class RecordSource:
@@ -161,6 +163,20 @@ def _check_tensorflow(name: str, builder) -> None:
         )
 
 
+def _unreachable_host(urls: list[str]) -> str | None:
+    """"host:port (why)" of the first download URL whose host takes no TCP connection within
+    DOWNLOAD_PROBE_SEC, or None when every host answers."""
+    for url in urls:
+        parsed = urllib.parse.urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=DOWNLOAD_PROBE_SEC):
+                pass
+        except OSError as error:
+            return f"{parsed.hostname}:{port} ({error})"
+    return None
+
+
 def _download_errors() -> tuple[type[BaseException], ...]:
     """The errors tfds's download manager raises when a file cannot be fetched."""
     import requests
@@ -227,6 +243,11 @@ def _import_tfds(name: str):
 def _prepare_builder(spec: DataSpec):
     """`prepared_builder` on one process: prepares `spec` unless its data_dir already has it."""
     tfds = _import_tfds(spec.name)
+    if spec.data_dir is not None and not os.path.isdir(spec.data_dir):
+        raise DataUnavailableError(
+            f"data.data_dir {spec.data_dir!r} does not exist: point it at the folder that holds "
+            f"prepared tfds datasets, or create it (empty) to prepare {spec.name!r} into it"
+        )
 
     if spec.name == "tiny_imagenet":
         builder, manual_dir = _tiny_imagenet_builder(spec)
@@ -246,10 +267,16 @@ def _prepare_builder(spec: DataSpec):
     _check_tensorflow(spec.name, builder)
     if manual_dir is None:
         files, urls = _required_files(builder)
+        unreachable = _unreachable_host(urls)
+        if unreachable is not None:  # tfds would retry for minutes before failing
+            raise _unavailable(
+                spec.name, builder,
+                f"its download host {unreachable} cannot be reached (one try of "
+                f"{DOWNLOAD_PROBE_SEC} s)",
+            )
         logging.warning(
-            "tfds downloads %s (%s) from %s; without network it retries for minutes before it "
-            "fails. Set data.manual_dir to a folder holding these files to skip the download.",
-            spec.name, files, urls,
+            "tfds downloads %s (%s) from %s. Set data.manual_dir to a folder holding these files "
+            "to skip the download.", spec.name, files, urls,
         )
     try:
         builder.download_and_prepare(
