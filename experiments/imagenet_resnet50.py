@@ -8,7 +8,13 @@ r"""ImageNet, ResNet-50, AlignMixup. Paper: 79.32% (best validation top-1 over t
 1e-4 (coupled L2), 224x224 random-resized crops + flip; alpha 2; per step a fair coin picks input
 mixup or aligned mixup of the 2048x7x7 last map (Sinkhorn eps 0.1, 100 iterations, random
 direction). Computes in bfloat16 with float32 parameters (`--config.compute_dtype=float32` for full
-precision). Multi-host: add `--config.distributed=True` on every host.
+precision, as the official code). The alignment then sees bf16-rounded last maps (it computes in
+float32 itself): measured by `benchmarks/bench_alignment_precision.py` on ResNet-50-shaped
+post-ReLU maps (128, 7, 7, 2048), 99.3% of the plan's rows keep their argmax and the aligned mix
+moves by 1.4% of its norm (median; max 5.2%), against 0.15% for the linear mix, where rounding
+alone acts: the near-hard plan amplifies the rounding about 9x, a perturbation far below the
+mixing's own randomness (lam, partners, direction). Multi-host: add `--config.distributed=True`
+on every host.
 
 The official code trains on 8 GPUs (`imagenet/gen.slurm`) with the model in `nn.DataParallel`
 (`imagenet/main.py`): lam is drawn once per step for all, but each replica runs `forward` on its
