@@ -13,7 +13,7 @@ step) beside `input_mixup` (input mixing on every step) shows which half of Alig
 carries its effect here.
 """
 
-from lowdata_cifar10 import lowdata_config
+from lowdata_cifar10 import get_seeds, lowdata_config  # noqa: F401  (get_seeds: 0, 1, 2)
 
 METHODS = ("none", "input_mixup", "cutmix", "saliencymix", "alignmix", "alignmixup")
 
@@ -27,8 +27,3 @@ def get_sweep():
     """One point per method."""
     return [{"mix.method": method} for method in METHODS]
 
-
-def get_seeds():
-    """Three seeds: each changes the initialisation, the data order, augmentation and mixing
-    draws (not the 1,000 training images)."""
-    return [0, 1, 2]

@@ -72,5 +72,5 @@ def get_sweep():
 
 def get_seeds():
     """Three seeds: each changes the initialisation, the data order, augmentation and mixing
-    draws (not the 5,000 training images)."""
+    draws (not which training images: `data.split_seed` draws those)."""
     return [0, 1, 2]
