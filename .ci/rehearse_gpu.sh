@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rehearses the GPU machine's call (README, "On a GPU") on this CPU, so that the first run there is
-# not the first time this combination runs: a fresh Python 3.12 environment holding what the GPU
+# Rehearses the GPU machine's call (docs/accelerators.md, "On a GPU") on this CPU, so that the first run
+# there is not the first time this combination runs: a fresh Python 3.12 environment holding what the GPU
 # image holds (benchmarks/gpu_image.txt: jax 0.11.2, numpy 2.5.2, flax, ...; no TensorFlow, no
 # tensorflow-datasets), the wheels that call carries (benchmarks/prepare_device_wheels.sh, from
 # benchmarks/device_wheels.txt) installed as the machine's instructions say (--no-deps --target,

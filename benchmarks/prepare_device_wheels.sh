@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares what a call of benchmarks/device_check.py on a lent GPU machine carries (README, "On a GPU"):
+# Prepares what a call of benchmarks/device_check.py on a lent GPU machine carries (docs/accelerators.md, "On a GPU"):
 #   .whl/     the wheels that machine lacks (benchmarks/device_wheels.txt, for Python 3.12 on
 #             manylinux x86_64), downloaded here with pip;
 #   .device/  copies of ../shared/data/cifar10_jpg/CIFAR-10-images.tar.gz and ../shared/peers/

@@ -1,7 +1,7 @@
 """benchmarks/device_check.py --tiny: every part runs on a CPU and reports what it measured.
 
-The real check runs on a GPU machine (see README, "On a GPU"); here the same code runs at small
-shapes, so that the one prepared call there does not fail on a path never run before.
+The real check runs on a GPU machine (see docs/accelerators.md, "On a GPU"); here the same code runs
+at small shapes, so that the one prepared call there does not fail on a path never run before.
 """
 
 import importlib.util
