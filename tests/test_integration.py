@@ -10,7 +10,13 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from alignmix_jax.trainer import compilation_cache, experiment_config, logging_utils, train
+from alignmix_jax.trainer import (
+    compilation_cache,
+    experiment_config,
+    logging_utils,
+    parallel,
+    train,
+)
 
 FASHION_MNIST_STEPS = 120  # 69.56% test top-1 measured
 FASHION_MNIST_MIN_TOP1 = 65.0
@@ -99,7 +105,13 @@ def test_the_compilation_cache_setting(monkeypatch):
 
 
 @pytest.mark.slow
-def test_fashion_mnist_short_run_reaches_stated_accuracy(shared_data, tmp_path):
+def test_fashion_mnist_short_run_reaches_stated_accuracy(shared_data, tmp_path, monkeypatch):
+    """A real dataset learned, on one device. This is the suite's longest in-process run; on the
+    8 simulated devices its hundreds of collectives, each a rendezvous of 8 device threads that
+    share the 2-core machine's thread pools, were where XLA's 40 s collective abort struck under
+    load (2 suite runs in 3 beside other jobs). 8 devices are checked step by step elsewhere."""
+    whole_mesh = parallel.make_data_mesh
+    monkeypatch.setattr(parallel, "make_data_mesh", lambda: whole_mesh(jax.devices()[:1]))
     config = experiment_config.default_config(
         "fashion_mnist", manual_dir=str(shared_data / "fashion_mnist")
     )
