@@ -110,6 +110,7 @@ def figure(results: dict[float, dict], metric: str, path, x_name: str, title: st
         axis.errorbar(positions, means, yerr=errors, marker="o", capsize=3,
                       label=f"{label} (n={'/'.join(str(row['n']) for _, row in shown)})")
     axis.set_xscale("log")
+    axis.set_xlim(xs[0] / 1.6, xs[-1] * 1.6)  # room for the offsets, also with one x value
     axis.set_xticks(xs, [f"{x:g}" for x in xs])
     axis.minorticks_off()
     axis.set_xlabel(x_name)
