@@ -28,7 +28,8 @@ FLOAT32_ULP = 2.0**-23
 DEFECT_MARGIN = 10.0
 
 
-def _leaves(tree) -> dict[str, np.ndarray]:
+def leaves(tree) -> dict[str, np.ndarray]:
+    """{`jax.tree_util.keystr` of each leaf: its host array} of `tree`."""
     return {
         jax.tree_util.keystr(path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
@@ -39,7 +40,7 @@ def disagreement(before, after, expected) -> tuple[float, str]:
     """(the largest difference between `after` and `expected` in units of the one-step tolerance,
     the leaf where it is). `before`, `after`, `expected`: trees of one structure; `after` and
     `expected` two computations of one step from `before`. Below 1 means they agree."""
-    before, after, expected = _leaves(before), _leaves(after), _leaves(expected)
+    before, after, expected = leaves(before), leaves(after), leaves(expected)
     assert before.keys() == after.keys() == expected.keys(), (after.keys() ^ expected.keys())
     worst = (0.0, "")
     for name, reference in expected.items():

@@ -9,7 +9,15 @@ import optax
 import pytest
 import step_agreement
 from jax.sharding import PartitionSpec
-from test_train import GLOBAL_BATCH, IMAGE_SHAPE, NUM_CLASSES, make_batch, make_config
+from test_train import (
+    GLOBAL_BATCH,
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    build,
+    make_batch,
+    make_config,
+    make_step,
+)
 
 from alignmix_jax import models
 from alignmix_jax.core import method
@@ -28,15 +36,10 @@ def per_device_config(method_name="none", batch_norm_group=1, coins="device"):
 
 def one_step(config, mesh):
     """(initial host state, host state after one step on batch 0, metrics) on `mesh`."""
-    model = models.build_model(config.model, NUM_CLASSES, axis_name="data")
-    learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 10, 100)
-    optimizer = train.create_optimizer(config.optimizer, learning_rate_fn)
-    state = train.create_train_state(model, optimizer, IMAGE_SHAPE, 0, mesh)
-    initial = jax.device_get(state)
-    step = train.make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
-    batch = parallel.shard_host_batch(make_batch(0), mesh)
-    after, metrics = step(state, batch, parallel.replicate(jax.random.key(0), mesh))
-    return initial, jax.device_get(after), jax.device_get(metrics)
+    model, _, optimizer = build(config)
+    initial = jax.device_get(train.create_train_state(model, optimizer, IMAGE_SHAPE, 0, mesh))
+    after, metrics = make_step(config, mesh)(initial, 0)
+    return initial, after, metrics
 
 
 def test_per_device_batch_norm_normalises_each_shard_with_its_own_statistics():

@@ -154,15 +154,8 @@ class OneHost:
         self.training = train.build_training(self.config, self.mesh)
         initial = self.training.initial_state()
         self.treedef = jax.tree_util.tree_structure(initial)
-        self.initial = self.leaves(initial)
+        self.initial = step_agreement.leaves(initial)
         self.names = list(self.initial)  # in the order of the tree's leaves
-
-    @staticmethod
-    def leaves(state) -> dict[str, np.ndarray]:
-        return {
-            jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
-        }
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """The global batch of step `step` (1-based), as one host reads it."""
@@ -181,7 +174,7 @@ class OneHost:
         after, metrics = training.step_for(step)(
             parallel.replicate(state, self.mesh), batch, training.base_key
         )
-        return self.leaves(after), jax.device_get(metrics)
+        return step_agreement.leaves(after), jax.device_get(metrics)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +258,7 @@ def test_two_hosts_write_a_checkpoint_one_host_reads(hosts):
     two_hosts = checkpointing.load_for_eval(hosts["workdir"], which="last")
     assert two_hosts.step == NUM_STEPS
     spied = _hosts_state(hosts["spy"], NUM_STEPS)
-    read = OneHost.leaves(two_hosts.variables)
+    read = step_agreement.leaves(two_hosts.variables)
     assert len(read) == sum(name.startswith((".params", ".batch_stats")) for name in spied)
     for name, value in read.items():  # "['params']['stem']..." is the state's ".params['stem']..."
         collection, rest = name.removeprefix("['").split("']", 1)
