@@ -128,7 +128,7 @@ FULL = Settings(
     align_mix_shapes=bench_align_mix.PAPER_SHAPES,
     align_mix_repeats=10,
     step_batch_sizes=(128, 256),
-    step_dtypes=("float32", "bfloat16"),
+    step_dtypes=("bfloat16", "float32"),
     step_base_width=64,
     step_stage_sizes=(2, 2, 2, 2),
     step_rounds=20,
@@ -142,8 +142,8 @@ FULL = Settings(
         "environment": 10,
         "numerics": 20,
         "align_mix": 30,
-        "train_step": 80,
-        "peer": 70,  # 8 runs of 35 steps
+        "train_step": 150,  # 4 rows of 2 steps, each built in about 10 s on a GPU
+        "peer": 90,  # 8 runs of 35 steps, about 9 s each
         "training": 90,
     },
 )
@@ -318,31 +318,43 @@ def align_mix_ms(shape, dtype: str, repeats: int) -> float:
     return 1e3 * bench_align_mix.median_seconds(mix, (a, b), repeats)
 
 
-def run_train_step(settings: Settings, args, clock: Clock) -> dict:
+def run_train_step(settings: Settings, args, clock: Clock, report: Report) -> dict:
+    """One row per (batch, dtype): its `none` and `alignmixup` steps built one after the other
+    (parallel builds on one GPU contend in autotuning), then timed interleaved; each row is kept
+    as it finishes, so a part that runs out of time reports the rows it measured."""
     mesh = parallel.make_data_mesh(jax.devices()[:1])
-    cases = [
-        bench_train_step.StepCase(
-            method, batch, dtype, settings.step_base_width, settings.step_stage_sizes
-        )
-        for batch in settings.step_batch_sizes
-        for dtype in settings.step_dtypes
-        for method in ("none", "alignmixup")
-    ]
-    start = time.monotonic()
-    runs = bench_train_step.build_steps(cases, mesh)
-    build_s = time.monotonic() - start
-    times = bench_train_step.time_steps(runs, settings.step_rounds)
     input_prob = experiment_config.default_config("cifar10").mix.input_prob
     feature_channels = 8 * settings.step_base_width  # the last stage's width
     rows = []
+    fields = {
+        "model": f"PreActResNet-18 {settings.step_stage_sizes} width {settings.step_base_width}",
+        "rounds": settings.step_rounds,
+        "rows": rows,
+        "sinkhorn_share_measured_as": (
+            "align_mix alone (100 iterations) at the step's feature shape (B, 4, 4, C) in the "
+            "compute dtype, times 1 - input_prob (the steps that take the aligned branch), over "
+            "the mean alignmixup step; the extra share is 1 - (mean none step) / (mean "
+            "alignmixup step)"
+        ),
+    }
+    report.progress["train_step"] = lambda: {**fields, "rows": list(rows)}
     for batch in settings.step_batch_sizes:
         for dtype in settings.step_dtypes:
-            rates = {
-                case.method: bench_train_step.images_per_sec(batch, seconds)
-                for case, seconds in times.items()
-                if (case.batch_size, case.compute_dtype) == (batch, dtype)
-            }
-            none, mixup = rates["none"], rates["alignmixup"]
+            if clock.left() <= 0:
+                return {**fields, "incomplete": "out of time"}
+            cases = [
+                bench_train_step.StepCase(
+                    method, batch, dtype, settings.step_base_width, settings.step_stage_sizes
+                )
+                for method in ("none", "alignmixup")
+            ]
+            start = time.monotonic()
+            runs = bench_train_step.build_steps(cases, mesh, workers=1)
+            build_s = time.monotonic() - start
+            times = bench_train_step.time_steps(runs, settings.step_rounds)
+            none, mixup = (
+                bench_train_step.images_per_sec(batch, times[case]) for case in cases
+            )
             sinkhorn_ms = align_mix_ms(
                 (batch, 4, 4, feature_channels), dtype, settings.align_mix_repeats
             )
@@ -350,6 +362,7 @@ def run_train_step(settings: Settings, args, clock: Clock) -> dict:
                 {
                     "batch_size": batch,
                     "compute_dtype": dtype,
+                    "build_s": round(build_s, 1),
                     "none": none,
                     "alignmixup": mixup,
                     "ratio_mean": mixup["mean"] / none["mean"],
@@ -360,18 +373,9 @@ def run_train_step(settings: Settings, args, clock: Clock) -> dict:
                     "extra_share": 1 - none["mean_ms"] / mixup["mean_ms"],
                 }
             )
-    return {
-        "model": f"PreActResNet-18 {settings.step_stage_sizes} width {settings.step_base_width}",
-        "rounds": settings.step_rounds,
-        "build_s": round(build_s, 1),
-        "rows": rows,
-        "sinkhorn_share_measured_as": (
-            "align_mix alone (100 iterations) at the step's feature shape (B, 4, 4, C) in the "
-            "compute dtype, times 1 - input_prob (the steps that take the aligned branch), over "
-            "the mean alignmixup step; the extra share is 1 - (mean none step) / (mean "
-            "alignmixup step)"
-        ),
-    }
+            report.record("train_step", "running", time.monotonic() - clock.start, **fields)
+            report.write()
+    return fields
 
 
 PEER_MODES = ("none", "alignmixup")
@@ -702,7 +706,7 @@ def main(argv=None) -> None:
         "environment": run_environment,
         "numerics": run_numerics,
         "align_mix": run_align_mix,
-        "train_step": run_train_step,
+        "train_step": lambda s, a, c: run_train_step(s, a, c, report),
         "peer": lambda s, a, c: run_peer(s, a, c, report),
         "training": lambda s, a, c: run_training(s, a, c, report),
     }
