@@ -89,7 +89,7 @@ def run(main_fn: Callable[[dict[str, str]], None]) -> None:
     message and status 128 + the signal number; a Ctrl-C that stops it at once (before training
     starts, or a second one) with one line and status 130.
     """
-    from alignmix_jax.trainer import train
+    from alignmix_jax.trainer import divergence, stop_signals
 
     configure_runtime()
     try:
@@ -103,7 +103,7 @@ def run(main_fn: Callable[[dict[str, str]], None]) -> None:
         quiet_library_logs()
         try:
             main_fn(overrides)
-        except train.RunInterrupted as stop:
+        except stop_signals.RunInterrupted as stop:
             print(stop, file=sys.stderr, flush=True)
             sys.exit(128 + signal.Signals[stop.signal_name].value)
         except KeyboardInterrupt:
@@ -112,7 +112,7 @@ def run(main_fn: Callable[[dict[str, str]], None]) -> None:
             print("interrupted (SIGINT): stopped at once; a workdir resumes from its last "
                   "checkpoint", file=sys.stderr, flush=True)
             sys.exit(128 + signal.SIGINT.value)
-        except (ValueError, train.TrainingDivergedError) as error:
+        except (ValueError, divergence.TrainingDivergedError) as error:
             if flags.FLAGS["verbosity"].present:
                 raise
             sys.exit(f"error: {error}")

@@ -58,14 +58,13 @@ def initialize_distributed(config) -> None:
 
 
 def train_command(overrides: dict[str, str]) -> None:
-    """Loads --config with its overrides, checks it, sets up several hosts when asked, trains."""
+    """Loads --config with its overrides, sets up several hosts when asked, trains (which checks
+    the config before anything heavy)."""
     config = experiment_config.apply_overrides(
         experiment_config.load_config(FLAGS.config), overrides
     )
-    experiment_config.validate_config(config, num_devices=1)  # fields first, before any set-up
     if config.distributed:
         initialize_distributed(config)
-    experiment_config.validate_config(config, jax.device_count(), jax.process_count())
     train.train_and_evaluate(
         config, FLAGS.workdir, accept_config_changes=FLAGS.accept_config_changes
     )

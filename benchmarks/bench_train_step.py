@@ -31,7 +31,7 @@ import numpy as np
 
 from alignmix_jax import cli, models
 from alignmix_jax.core.ot import mean_position_norm, plan_statistics
-from alignmix_jax.trainer import experiment_config, parallel, train
+from alignmix_jax.trainer import experiment_config, optimization, parallel, train
 
 WARMUP_STEPS = 2
 IMAGE_SHAPE = (32, 32, 3)
@@ -84,8 +84,8 @@ def build_step(case: StepCase, mesh) -> Callable[[], float]:
     model = models.build_model(
         config.model, NUM_CLASSES, axis_name="data", dtype=train.COMPUTE_DTYPES[case.compute_dtype]
     )
-    learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 390, 390 * 2000)
-    optimizer = train.create_optimizer(config.optimizer, learning_rate_fn)
+    learning_rate_fn = optimization.create_learning_rate_fn(config.optimizer, 390, 390 * 2000)
+    optimizer = optimization.create_optimizer(config.optimizer, learning_rate_fn)
     state = train.create_train_state(model, optimizer, IMAGE_SHAPE, 0, mesh)
     step = train.make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh)
     key = parallel.replicate(jax.random.key(0), mesh)

@@ -65,7 +65,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from alignmix_jax import align_mix, data, sinkhorn_plan  # noqa: E402
-from alignmix_jax.trainer import experiment_config, logging_utils, parallel, train  # noqa: E402
+from alignmix_jax.trainer import experiment_config, metrics_log, parallel, train  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_FILE = REPO / "tests" / "test_ot.py"
@@ -476,7 +476,7 @@ def train_cifar10(settings: Settings, path, scratch: pathlib.Path, clock: Clock,
     config.checkpoint_every_steps = config.num_epochs * steps_per_epoch
 
     def epoch_top1() -> list[dict]:
-        records = logging_utils.read_metrics(scratch / "run")
+        records = metrics_log.read_metrics(scratch / "run")
         return [
             {"epoch": r["step"] / steps_per_epoch, "top1": r["eval_top1"]}
             for r in records

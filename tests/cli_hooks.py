@@ -46,26 +46,26 @@ def install_hooks(environ) -> None:
     if environ.get(SPY_DIR_ENV):
         original_save = checkpointing.RunCheckpointer.save
 
-        def save(self, step, state, meta):
+        def save(self, step, state, run_record):
             save_device_copies(state, int(step), environ[SPY_DIR_ENV])
-            original_save(self, step, state, meta)
+            original_save(self, step, state, run_record)
 
         checkpointing.RunCheckpointer.save = save
 
     if environ.get(KILL_ENV):
-        original_evaluate = train._evaluate_and_keep_best
+        original_evaluate = train._Evaluator.__call__
 
-        def evaluate_then_maybe_kill(eval_step, state, step, config, mesh, meta, checkpointer,
-                                     *rest):
-            original_evaluate(eval_step, state, step, config, mesh, meta, checkpointer, *rest)
+        def evaluate_then_maybe_kill(self, state, step, run_record):
+            original_evaluate(self, state, step, run_record)
+            checkpointer = self.checkpointer
             last_checkpoint = checkpointer.latest_step()
-            if last_checkpoint is not None and last_checkpoint < meta["best_step"] < step:
+            if last_checkpoint is not None and last_checkpoint < run_record["best_step"] < step:
                 checkpointer._best.wait_until_finished()
                 checkpointer._last.wait_until_finished()
                 print(f"test hook: SIGKILL after the eval of step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        train._evaluate_and_keep_best = evaluate_then_maybe_kill
+        train._Evaluator.__call__ = evaluate_then_maybe_kill
 
     if environ.get(SIGNAL_ENV):
         signal_name, at_step = environ[SIGNAL_ENV].split(":")

@@ -16,15 +16,16 @@ import cli_runs
 import jax
 import numpy as np
 import pytest
+from helpers import smoke_config
 
-from alignmix_jax import data, models
 from alignmix_jax.trainer import (
     checkpointing,
-    experiment_config,
-    logging_utils,
+    metrics_log,
     parallel,
+    run_config,
     run_summary,
     train,
+    trained_run,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -98,15 +99,15 @@ def checkpoint_meta(workdir: pathlib.Path, step: int) -> dict:
 
 
 def best_weights(workdir):
-    return checkpointing.load_for_eval(workdir, "best").variables
+    return trained_run.load_for_eval(workdir, "best").variables
 
 
 @pytest.mark.parametrize("interrupted", ["killed", "stopped"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted):
     plain, resumed = runs["workdirs"]["plain"], runs["workdirs"][interrupted]
     assert "Resumed from the checkpoint at step " in runs["outputs"][f"{interrupted}_resumed"]
-    plain_last = checkpointing.load_for_eval(plain, "last").variables
-    resumed_last = checkpointing.load_for_eval(resumed, "last").variables
+    plain_last = trained_run.load_for_eval(plain, "last").variables
+    resumed_last = trained_run.load_for_eval(resumed, "last").variables
     # One device, the same program and the same inputs: the same reduction order, so a resume is
     # exact to the bit (nothing here may differ by rounding).
     for a, b in zip(jax.tree.leaves(plain_last), jax.tree.leaves(resumed_last), strict=True):
@@ -130,9 +131,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(runs, interrupted)
         assert checkpoint_meta(resumed, step) == checkpoint_meta(plain, step), step
     # The killed or stopped run's metrics past its last checkpoint were dropped and redone.
     plain_losses = {
-        r["step"]: r["train_loss"] for r in logging_utils.read_metrics(plain) if "train_loss" in r
+        r["step"]: r["train_loss"] for r in metrics_log.read_metrics(plain) if "train_loss" in r
     }
-    records = [r for r in logging_utils.read_metrics(resumed) if "train_loss" in r]
+    records = [r for r in metrics_log.read_metrics(resumed) if "train_loss" in r]
     assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
     for record in records:
         assert record["train_loss"] == plain_losses[record["step"]]
@@ -188,7 +189,7 @@ def test_keeps_the_best_and_the_checkpoints_asked_for(runs):
     summary = json.loads((plain / "summary.json").read_text())
     assert finished_checkpoints(plain, "best") == [summary["best_step"]]
     assert summary["best_top1"] >= summary["final_top1"]
-    config, model, variables, _ = checkpointing.load_for_eval(plain, "best")
+    config, model, variables, _ = trained_run.load_for_eval(plain, "best")
     assert config.num_train_steps == NUM_STEPS
     logits, _ = model.apply(variables, np.zeros((2, 16, 16, 1), np.float32))
     assert logits.shape == (2, 10)
@@ -196,28 +197,28 @@ def test_keeps_the_best_and_the_checkpoints_asked_for(runs):
 
 def test_load_for_eval_errors_name_the_problem(runs, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        checkpointing.load_for_eval(tmp_path / "missing")
+        trained_run.load_for_eval(tmp_path / "missing")
     with pytest.raises(ValueError, match="config.json"):
-        checkpointing.load_for_eval(tmp_path)
-    with pytest.raises(ValueError, match="which="):
-        checkpointing.load_for_eval(runs["workdirs"]["plain"], "latest")
+        trained_run.load_for_eval(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint=.latest. is invalid"):
+        trained_run.load_for_eval(runs["workdirs"]["plain"], "latest")
     mismatched = tmp_path / "mismatched"
     shutil.copytree(runs["workdirs"]["plain"], mismatched)
     config = json.loads((mismatched / "config.json").read_text())
     config["model"]["base_width"] = 4
     (mismatched / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not match the model"):
-        checkpointing.load_for_eval(mismatched, "last")
+        trained_run.load_for_eval(mismatched, "last")
     shutil.rmtree(mismatched / checkpointing.BEST_DIR)
     with pytest.raises(ValueError, match="best/"):
-        checkpointing.load_for_eval(mismatched, "best")
+        trained_run.load_for_eval(mismatched, "best")
 
 
 def test_config_json_round_trips(runs):
-    config = checkpointing.load_config(runs["workdirs"]["plain"])
+    config = run_config.read(runs["workdirs"]["plain"])
     assert config.model.stage_sizes == (1, 1, 1, 1)
     assert config.mix.method == "alignmixup"
-    assert (runs["workdirs"]["plain"] / logging_utils.METRICS_FILE).exists()
+    assert (runs["workdirs"]["plain"] / metrics_log.METRICS_FILE).exists()
 
 
 SAVED_STEP = 5
@@ -227,29 +228,17 @@ import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 1)
 import numpy as np
-from alignmix_jax.trainer import checkpointing
+from alignmix_jax.trainer import checkpointing, trained_run
 assert jax.device_count() == 1, jax.devices()
 workdir, out = sys.argv[1], sys.argv[2]
 arrays = {}
 for which in checkpointing.CHECKPOINT_WHICH:
-    variables = checkpointing.load_for_eval(workdir, which).variables
+    variables = trained_run.load_for_eval(workdir, which).variables
     for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
         assert len(leaf.sharding.device_set) == 1, leaf.sharding
         arrays[which + jax.tree_util.keystr(path)] = np.asarray(leaf)
 np.savez(out, **arrays)
 """
-
-
-def smoke_config():
-    config = experiment_config.load_config(str(REPO / "experiments" / "quickstart.py") + ":smoke")
-    config.data.image_size = 16
-    config.num_train_steps = SAVED_STEP + 1
-    config.eval_every_steps = SAVED_STEP + 1
-    config.checkpoint_every_steps = 1
-    config.log_every_steps = 1
-    config.tensorboard = False
-    config.progress_bar = False
-    return config
 
 
 def flat_arrays(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -265,26 +254,19 @@ def eight_device_run(tmp_path_factory):
     at step SAVED_STEP (params moved away from the init), written by RunCheckpointer; plus that
     state."""
     workdir = tmp_path_factory.mktemp("eight_devices") / "run"
-    config = smoke_config()
+    config = smoke_config(SAVED_STEP + 1)
     mesh = parallel.make_data_mesh()
     assert mesh.size == 8
-    info = data.get_dataset_info(config.data)
-    model = models.build_model(config.model, info.num_classes, axis_name=parallel.DATA_AXIS)
-    steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)
-    learning_rate_fn = train.create_learning_rate_fn(
-        config.optimizer, steps_per_epoch, config.num_train_steps
-    )
-    optimizer = train.create_optimizer(config.optimizer, learning_rate_fn)
-    state = train.create_train_state(model, optimizer, tuple(info.image_shape), 0, mesh)
+    state = train.build_training(config, mesh).initial_state()
     state = state.replace(
         step=state.step + SAVED_STEP,
         params=jax.tree.map(lambda leaf: leaf + 0.25, state.params),
         batch_stats=jax.tree.map(lambda leaf: leaf * 1.5 + 0.5, state.batch_stats),
     )
     assert all(len(leaf.sharding.device_set) == 8 for leaf in jax.tree.leaves(state))
-    checkpointing.save_config(config, workdir)
+    run_config.save(config, workdir)
     checkpointer = checkpointing.RunCheckpointer(workdir)
-    meta = run_summary.new_meta()
+    meta = run_summary.new_run_record()
     run_summary.record_eval(meta, SAVED_STEP, {"test": {"top1": 10.0, "top5": 50.0}}, keep=10)
     checkpointer.save(SAVED_STEP, state, meta)
     checkpointer.save_best(SAVED_STEP, state.params, state.batch_stats, {"top1": 10.0})
@@ -312,7 +294,7 @@ def test_run_saved_on_8_devices_loads_for_eval_on_1_device(eight_device_run, tmp
 
 def test_load_for_eval_replicates_on_the_current_mesh_without_warnings(eight_device_run, caplog):
     with caplog.at_level(logging.WARNING):
-        variables = checkpointing.load_for_eval(eight_device_run["workdir"], "last").variables
+        variables = trained_run.load_for_eval(eight_device_run["workdir"], "last").variables
     assert not [record.getMessage() for record in caplog.records]  # e.g. orbax's read_only notes
     state = eight_device_run["state"]
     expected = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
@@ -370,10 +352,10 @@ def test_run_trained_on_8_devices_resumes_on_4(eight_device_run, tmp_path, monke
     assert set(first_device_counts) == {RESUMED_DEVICES}
     assert summary["steps"] == SAVED_STEP + 1
     assert finished_checkpoints(workdir) == [SAVED_STEP, SAVED_STEP + 1]
-    records = [r for r in logging_utils.read_metrics(workdir) if "train_loss" in r]
+    records = [r for r in metrics_log.read_metrics(workdir) if "train_loss" in r]
     assert [r["step"] for r in records] == [SAVED_STEP + 1]
     assert np.isfinite(records[0]["train_loss"])
-    after = checkpointing.load_for_eval(workdir, "last").variables
+    after = trained_run.load_for_eval(workdir, "last").variables
     after_params, saved_params = jax.tree.leaves(after["params"]), jax.tree.leaves(saved.params)
     assert not all(np.array_equal(a, b) for a, b in zip(after_params, saved_params, strict=True))
 
@@ -400,7 +382,7 @@ def test_best_weights_follow_the_lineage_of_a_resumed_run(eight_device_run, tmp_
     assert first.best_steps() == [2, 5]
 
     resumed = checkpointing.RunCheckpointer(tmp_path)
-    _, meta = resumed.restore(train._abstract(shifted(state, 0.0, 2)))
+    _, meta = resumed.restore(train.abstract_state(shifted(state, 0.0, 2)))
     assert meta["best_step"] == 2
     assert resumed.best_steps() == [2]  # the abandoned lineage's best is gone
     resumed.save_best(4, shifted(state, 4.0, 4).params, state.batch_stats, {"top1": 40.0})
@@ -408,8 +390,8 @@ def test_best_weights_follow_the_lineage_of_a_resumed_run(eight_device_run, tmp_
     resumed.save(6, shifted(state, 6.0, 6), {"best_top1": 40.0, "best_step": 4})
     resumed.close()
     assert resumed.best_steps() == [4]
-    checkpointing.save_config(eight_device_run["config"], tmp_path)
-    best = checkpointing.load_for_eval(tmp_path, "best").variables["params"]
+    run_config.save(eight_device_run["config"], tmp_path)
+    best = trained_run.load_for_eval(tmp_path, "best").variables["params"]
     expected = jax.tree.map(lambda leaf: leaf + 4.0, state.params)
     for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from alignmix_jax import data
 from alignmix_jax.evaluation import pictures, report
-from alignmix_jax.trainer import checkpointing, experiment_config, train
+from alignmix_jax.trainer import experiment_config, run_config, train, trained_run
 
 # PGD in 3 steps of 4/255 (the default: 7 of 2/255) reaches the whole 8/255 ball at less cost.
 EVAL_OVERRIDES = {
@@ -74,7 +74,7 @@ def test_calibration_errors_equal_a_direct_computation(trained_workdir, results)
     """ECE and OE of the best weights on the whole test split, binned here by hand (15 equal
     bins of the top softmax probability on (0, 1])."""
     workdir, _ = trained_workdir
-    config, model, variables, _ = checkpointing.load_for_eval(workdir, "best")
+    config, model, variables, _ = trained_run.load_for_eval(workdir, "best")
     confidences, correct = [], []
     for batch in data.make_eval_iterator(config.data, 120):
         logits = np.asarray(model.apply(variables, batch["image"])[0], np.float64)
@@ -113,12 +113,12 @@ def test_visualize_writes_grids_and_plans(trained_workdir):
     assert again["decoder_losses"] == []
     settings = json.loads((workdir / "visualize" / "decoder" / "decoder.json").read_text())
     assert settings["classifier_checkpoint"] == "best"
-    assert settings["classifier_step"] == checkpointing.load_for_eval(workdir, "best").step
+    assert settings["classifier_step"] == trained_run.load_for_eval(workdir, "best").step
 
 
 def test_a_saved_decoder_is_reused_only_for_the_same_weights_and_config(trained_workdir):
     workdir, _ = trained_workdir
-    config = checkpointing.load_config(workdir)
+    config = run_config.read(workdir)
     key = pictures._decoder_key(config, "best", 60, (32, 32, 1))
     directory = workdir / "visualize" / "decoder"
     (directory / "decoder.json").write_text(json.dumps({"base_width": 16, **key}))

@@ -7,14 +7,16 @@ import pathlib
 import cli_runs
 import jax
 import pytest
+from helpers import smoke_config
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from alignmix_jax.trainer import (
     compilation_cache,
     experiment_config,
-    logging_utils,
+    metrics_log,
     parallel,
+    profiling,
     train,
 )
 
@@ -23,9 +25,7 @@ FASHION_MNIST_MIN_TOP1 = 65.0
 
 
 def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_path):
-    config = experiment_config.load_config("experiments/quickstart.py:smoke")
-    config.data.image_size = 16
-    config.progress_bar = False
+    config = smoke_config(tensorboard=True)
     summary = train.train_and_evaluate(config, tmp_path)
     assert summary["steps"] == config.num_train_steps == 4
     assert set(summary) >= {"final_top1", "final_top5", "best_top1", "best_step", "images_per_sec"}
@@ -33,7 +33,7 @@ def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_pat
     assert summary["final_top5"] >= summary["final_top1"]
     assert summary["images_per_sec"] > 0
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    records = logging_utils.read_metrics(tmp_path)
+    records = metrics_log.read_metrics(tmp_path)
     assert [r["step"] for r in records if "train_loss" in r] == [2, 4]
     assert [r["eval_top1"] for r in records if "eval_top1" in r] == [summary["final_top1"]]
     for record in (r for r in records if "train_loss" in r):
@@ -41,7 +41,7 @@ def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_pat
         assert record["step_sec"] > record["input_wait_sec"] >= 0.0  # the device step is the rest
         assert record["images_per_sec_per_device"] == pytest.approx(record["images_per_sec"] / 8)
         assert "device_peak_memory_gib" not in record  # the CPU reports no memory statistics
-    events = event_accumulator.EventAccumulator(str(tmp_path / logging_utils.TENSORBOARD_DIR))
+    events = event_accumulator.EventAccumulator(str(tmp_path / metrics_log.TENSORBOARD_DIR))
     events.Reload()
 
     def scalars(tag):  # TF2 summaries store scalars as tensor events: {step: value}
@@ -55,8 +55,7 @@ def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_pat
     assert scalars("eval_top1") == pytest.approx({4: summary["final_top1"]})
     assert json.loads((tmp_path / "config.json").read_text())["mix"]["method"] == "alignmixup"
     # The logged learning rate is the rate of the logged step (cosine decay over 4 steps).
-    steps_per_epoch = 1437 // config.batch_size
-    learning_rate_fn = train.create_learning_rate_fn(config.optimizer, steps_per_epoch, 4)
+    learning_rate_fn = train.build_training(config, parallel.make_data_mesh()).learning_rate_fn
     logged = {r["step"]: r["learning_rate"] for r in records if "train_loss" in r}
     assert logged == pytest.approx({step: float(learning_rate_fn(step - 1)) for step in (2, 4)})
     # Rerunning the finished run resumes at its end and reports the same result; its wall time
@@ -65,7 +64,7 @@ def test_quickstart_smoke_trains_on_eight_devices_and_writes_its_workdir(tmp_pat
     assert rerun["final_top1"] == summary["final_top1"]
     assert summary["wall_time_sec"] == summary["process_wall_time_sec"]
     assert rerun["wall_time_sec"] > rerun["process_wall_time_sec"] + 0.5 * summary["wall_time_sec"]
-    assert len(list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())) == 1
+    assert len(list((tmp_path / metrics_log.TENSORBOARD_DIR).iterdir())) == 1
 
 
 def test_a_run_profiles_its_steps_and_fills_its_compilation_cache(tmp_path):
@@ -78,7 +77,7 @@ def test_a_run_profiles_its_steps_and_fills_its_compilation_cache(tmp_path):
     )
     assert f"Compilation cache: {cache}\n" in output
     assert list(cache.glob("jit_per_device_step-*"))  # the train step, for the next process
-    (session,) = (workdir / train.PROFILE_DIR / "plugins" / "profile").iterdir()
+    (session,) = (workdir / profiling.PROFILE_DIR / "plugins" / "profile").iterdir()
     assert list(session.glob("*.xplane.pb")) and (session / "perfetto_trace.json.gz").exists()
     summary = json.loads((workdir / train.SUMMARY_FILE).read_text())
     assert 0 < summary["process_first_step_sec"] < summary["process_wall_time_sec"]

@@ -34,7 +34,7 @@ import pytest
 import step_agreement
 
 from alignmix_jax import data
-from alignmix_jax.trainer import checkpointing, experiment_config, logging_utils, parallel, train
+from alignmix_jax.trainer import experiment_config, metrics_log, parallel, train, trained_run
 
 CONFIG = "experiments/quickstart.py:smoke"
 NUM_STEPS = 8
@@ -219,7 +219,7 @@ def test_two_hosts_log_the_losses_of_one_host(hosts, replay):
     agrees with the one-host replay of that step (one step's rounding: `UPDATE_RTOL`)."""
     logged = {
         record["step"]: record["train_loss"]
-        for record in logging_utils.read_metrics(hosts["workdir"])
+        for record in metrics_log.read_metrics(hosts["workdir"])
         if "train_loss" in record
     }
     # log_every_steps = 2, and the stopped hosts also logged the step they stopped after.
@@ -255,7 +255,7 @@ def test_the_tolerance_rejects_real_defects(replay, monkeypatch):
 
 def test_two_hosts_write_a_checkpoint_one_host_reads(hosts):
     """The checkpoint the two hosts wrote, read on one host, is exactly their last state."""
-    two_hosts = checkpointing.load_for_eval(hosts["workdir"], which="last")
+    two_hosts = trained_run.load_for_eval(hosts["workdir"], checkpoint="last")
     assert two_hosts.step == NUM_STEPS
     spied = _hosts_state(hosts["spy"], NUM_STEPS)
     read = step_agreement.leaves(two_hosts.variables)
@@ -275,10 +275,10 @@ def test_only_host_zero_writes_logs(hosts):
     summary = json.loads((hosts["workdir"] / "summary.json").read_text())
     assert summary["steps"] == NUM_STEPS
     assert json.loads((hosts["workdir"] / "config.json").read_text())["distributed"] is True
-    records = logging_utils.read_metrics(hosts["workdir"])
+    records = metrics_log.read_metrics(hosts["workdir"])
     keys = [(record["step"], tuple(sorted(record))) for record in records]
     assert len(keys) == len(set(keys)), records  # no record written twice
-    event_files = list((hosts["workdir"] / logging_utils.TENSORBOARD_DIR).iterdir())
+    event_files = list((hosts["workdir"] / metrics_log.TENSORBOARD_DIR).iterdir())
     assert len(event_files) == 2, event_files  # one per launch of host 0
 
 

@@ -10,30 +10,27 @@ import signal
 import jax
 import numpy as np
 import pytest
+from helpers import smoke_config
 
 from alignmix_jax import data
 from alignmix_jax.core import method
-from alignmix_jax.trainer import checkpointing, experiment_config, logging_utils, train
+from alignmix_jax.trainer import (
+    checkpointing,
+    divergence,
+    metrics_log,
+    run_config,
+    run_directory,
+    stop_signals,
+    train,
+    trained_run,
+)
 
 DIGITS_STEPS_PER_EPOCH = 1437 // 16
 
 
-def smoke(num_steps: int, **changes):
-    config = experiment_config.smoke_config(experiment_config.default_config("digits"))
-    config.data.image_size = 16
-    config.num_train_steps = num_steps
-    config.eval_every_steps = num_steps
-    config.checkpoint_every_steps = 1
-    config.log_every_steps = 1
-    config.tensorboard = False
-    config.progress_bar = False
-    config.update_from_flattened_dict(changes)
-    return config
-
-
 def test_a_diverging_run_stops_at_the_step_before_saving_it(tmp_path):
-    config = smoke(6, **{"optimizer.learning_rate": 1e8})
-    with pytest.raises(train.TrainingDivergedError) as raised:
+    config = smoke_config(6, **{"optimizer.learning_rate": 1e8, "optimizer.schedule": "constant"})
+    with pytest.raises(divergence.TrainingDivergedError) as raised:
         train.train_and_evaluate(config, tmp_path)
     message = str(raised.value)
     step = int(message.split("training diverged at step ")[1].split(":")[0])
@@ -43,7 +40,7 @@ def test_a_diverging_run_stops_at_the_step_before_saving_it(tmp_path):
     assert checkpoints == list(range(1, step))  # nothing from the diverged step on
     if checkpoints:
         assert f"the last good checkpoint is step {checkpoints[-1]} in" in message
-        variables = checkpointing.load_for_eval(tmp_path, "last").variables
+        variables = trained_run.load_for_eval(tmp_path, "last").variables
         assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
     else:
         assert "no checkpoint was written yet" in message
@@ -51,18 +48,18 @@ def test_a_diverging_run_stops_at_the_step_before_saving_it(tmp_path):
 
 
 def test_the_divergence_check_can_be_turned_off(tmp_path):
-    config = smoke(4, **{"optimizer.learning_rate": 1e8, "stop_on_divergence": False})
+    config = smoke_config(4, **{"optimizer.learning_rate": 1e8, "stop_on_divergence": False})
     summary = train.train_and_evaluate(config, tmp_path)
     assert summary["steps"] == 4
-    losses = [r["train_loss"] for r in logging_utils.read_metrics(tmp_path) if "train_loss" in r]
+    losses = [r["train_loss"] for r in metrics_log.read_metrics(tmp_path) if "train_loss" in r]
     assert not all(math.isfinite(loss) for loss in losses)
 
 
 def test_resuming_with_another_config_is_refused_unless_accepted(tmp_path):
-    train.train_and_evaluate(smoke(2), tmp_path)
-    changed = smoke(4, **{"optimizer.learning_rate": 0.05, "progress_bar": True})
+    train.train_and_evaluate(smoke_config(2), tmp_path)
+    changed = smoke_config(4, **{"optimizer.learning_rate": 0.05, "progress_bar": True})
     changed.eval_every_steps = 2  # where and how often: not a change of the run
-    with pytest.raises(checkpointing.ConfigChangedError) as raised:
+    with pytest.raises(run_config.ConfigChangedError) as raised:
         train.train_and_evaluate(changed, tmp_path)
     message = str(raised.value)
     assert "trained to step 2" in message and "--accept_config_changes" in message
@@ -85,23 +82,23 @@ def test_a_workdir_that_cannot_be_written_is_named(tmp_path):
     in_the_way = tmp_path / "file"
     in_the_way.write_text("")
     with pytest.raises(ValueError, match=r"workdir='.*file' is a file; expected a directory"):
-        train.prepare_workdir(in_the_way)
+        run_directory.prepare(in_the_way)
     with pytest.raises(ValueError, match=r"workdir='.*file/run' cannot be written: "):
-        train.prepare_workdir(in_the_way / "run")
+        run_directory.prepare(in_the_way / "run")
     if os.geteuid() != 0:  # root writes into read-only folders
         read_only = tmp_path / "read_only"
         read_only.mkdir(mode=0o555)
         with pytest.raises(ValueError, match="cannot be written: Permission denied"):
-            train.prepare_workdir(read_only)
-    assert train.prepare_workdir(tmp_path / "new" / "run").is_dir()
+            run_directory.prepare(read_only)
+    assert run_directory.prepare(tmp_path / "new" / "run").is_dir()
 
 
 def test_mixing_stops_after_its_epoch_and_the_alignment_is_logged(tmp_path):
     off_after = 4
-    config = smoke(8, **{"mix.off_after_epoch": off_after / DIGITS_STEPS_PER_EPOCH})
+    config = smoke_config(8, **{"mix.off_after_epoch": off_after / DIGITS_STEPS_PER_EPOCH})
     config.tensorboard = True
     train.train_and_evaluate(config, tmp_path)
-    records = [r for r in logging_utils.read_metrics(tmp_path) if "train_loss" in r]
+    records = [r for r in metrics_log.read_metrics(tmp_path) if "train_loss" in r]
     assert [r["step"] for r in records] == list(range(1, 9))
     for record in records:
         if record["step"] > off_after:
@@ -120,18 +117,18 @@ def test_mixing_stops_after_its_epoch_and_the_alignment_is_logged(tmp_path):
 
 def test_sigint_and_sigterm_ask_the_loop_to_stop_after_the_step():
     for signum in (signal.SIGINT, signal.SIGTERM):
-        with train.StopSignals() as signals:
+        with stop_signals.StopSignals() as signals:
             assert not signals.should_stop(1)
             os.kill(os.getpid(), signum)
             assert signals.should_stop(2) and signals.received == signal.Signals(signum).name
         assert signal.getsignal(signum) is not signals._handle  # the previous handler is back
-    with train.StopSignals(), pytest.raises(KeyboardInterrupt):  # Ctrl-C twice: stop at once
+    with stop_signals.StopSignals(), pytest.raises(KeyboardInterrupt):  # Ctrl-C twice: stop at once
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_a_dataset_that_cannot_be_prepared_leaves_no_workdir(tmp_path):
-    config = smoke(1)
+    config = smoke_config(1)
     config.data = data.default_data_config("image_folder", path=str(tmp_path / "missing"))
     with pytest.raises(data.DataUnavailableError, match="data.path: .*missing' does not exist"):
         train.train_and_evaluate(config, tmp_path / "run")
@@ -139,13 +136,13 @@ def test_a_dataset_that_cannot_be_prepared_leaves_no_workdir(tmp_path):
 
 
 def test_a_validation_split_selects_the_best_weights_and_is_summarised(tmp_path):
-    config = smoke(6, **{
+    config = smoke_config(6, **{
         "data.train_split": "train[:1200](stratified)",
         "data.validation_split": "train[1200:](stratified)",
         "eval_every_steps": 2,
     })
     summary = train.train_and_evaluate(config, tmp_path)
-    records = [r for r in logging_utils.read_metrics(tmp_path) if "eval_top1" in r]
+    records = [r for r in metrics_log.read_metrics(tmp_path) if "eval_top1" in r]
     assert [r["step"] for r in records] == [2, 4, 6]
     validation = [r["validation_top1"] for r in records]
     test = [r["eval_top1"] for r in records]

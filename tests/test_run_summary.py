@@ -14,7 +14,7 @@ def evals(*rows):
 
 
 def test_validation_selects_and_the_summary_reports_each_split():
-    meta = run_summary.new_meta()
+    meta = run_summary.new_run_record()
     results = evals((50, 60), (70, 55), (65, 80), (70, 75))
     selected = [
         run_summary.record_eval(meta, step, result, keep=3)
@@ -32,7 +32,7 @@ def test_validation_selects_and_the_summary_reports_each_split():
 
 
 def test_without_validation_the_test_split_selects():
-    meta = run_summary.new_meta()
+    meta = run_summary.new_run_record()
     for step, top1 in ((1, 10.0), (2, 30.0), (3, 20.0)):
         run_summary.record_eval(meta, step, {"test": {"top1": top1, "top5": 50.0}}, keep=10)
     summary = run_summary.summarize(meta)

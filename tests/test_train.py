@@ -8,7 +8,7 @@ import pytest
 import step_agreement
 
 from alignmix_jax import models
-from alignmix_jax.trainer import experiment_config, parallel, train
+from alignmix_jax.trainer import eval_loop, experiment_config, optimization, parallel, train
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (16, 16, 3)
@@ -36,8 +36,9 @@ def make_batch(seed: int = 0) -> dict:
 def build(config, dtype=jnp.float32):
     """(model, learning-rate schedule, optimizer) of `config` for NUM_CLASSES classes."""
     model = models.build_model(config.model, NUM_CLASSES, axis_name="data", dtype=dtype)
-    learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 10, 100)
-    return model, learning_rate_fn, train.create_optimizer(config.optimizer, learning_rate_fn)
+    learning_rate_fn = optimization.create_learning_rate_fn(config.optimizer, 10, 100)
+    optimizer = optimization.create_optimizer(config.optimizer, learning_rate_fn)
+    return model, learning_rate_fn, optimizer
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_sgd_matches_torch_coupled_weight_decay_and_nesterov():
     config = make_config("none").optimizer
     config.nesterov = True
     lr, momentum, decay = config.learning_rate, config.momentum, config.weight_decay
-    optimizer = train.create_optimizer(config, optax.constant_schedule(lr))
+    optimizer = optimization.create_optimizer(config, optax.constant_schedule(lr))
     params = {"w": jnp.array([1.0, -2.0]), "bn_scale": jnp.array([0.5])}
     grads = [{"w": jnp.array([0.3, 0.1]), "bn_scale": jnp.array([-0.2])}] * 2
     state = optimizer.init(params)
@@ -141,13 +142,13 @@ def test_learning_rate_schedules():
     config = make_config("none").optimizer
     config.schedule = "piecewise"
     config.boundaries_epochs = (2, 4)
-    piecewise = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=60)
+    piecewise = optimization.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=60)
     assert [float(piecewise(s)) for s in (0, 19, 20, 39, 40)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001]
     )
     config.schedule = "cosine"
     config.warmup_epochs = 1.0
-    cosine = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=60)
+    cosine = optimization.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=60)
     assert float(cosine(0)) == pytest.approx(0.0)
     assert float(cosine(5)) == pytest.approx(0.05)
     assert float(cosine(10)) == pytest.approx(0.1)
@@ -163,7 +164,7 @@ def test_eval_step_counts_top1_and_top5_without_padding(initial_state):
     batch = make_batch(3)
     batch["mask"] = (np.arange(GLOBAL_BATCH) < 11).astype(np.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    counts, per_example = train.make_eval_step(model)(
+    counts, per_example = eval_loop.make_eval_step(model)(
         parallel.replicate(variables, mesh), parallel.shard_host_batch(batch, mesh), None
     )
     counts = jax.device_get(counts)

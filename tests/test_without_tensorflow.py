@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from alignmix_jax.trainer import logging_utils
+from alignmix_jax.trainer import metrics_log
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "without_tensorflow.py"
@@ -100,9 +100,9 @@ def test_a_tfds_dataset_without_tfds_is_one_line_naming_the_extra(tmp_path):
 
 def test_quickstart_trains_without_tensorflow(tmp_path):
     summary = train_without_tensorflow(tmp_path)
-    records = [r for r in logging_utils.read_metrics(tmp_path) if "eval_top1" in r]
+    records = [r for r in metrics_log.read_metrics(tmp_path) if "eval_top1" in r]
     assert [r["eval_top1"] for r in records] == [summary["final_top1"]]
-    assert list((tmp_path / logging_utils.TENSORBOARD_DIR).iterdir())  # events written
+    assert list((tmp_path / metrics_log.TENSORBOARD_DIR).iterdir())  # events written
 
 
 def write_image_folder(root: pathlib.Path, size: int, per_class: dict, suffix: str) -> None:

@@ -14,7 +14,6 @@ two images' positions.
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -222,15 +221,11 @@ def visualize_workdir(
       "plans": [png, ...]}``.
     """
     from alignmix_jax import data
-    from alignmix_jax.trainer import checkpointing
+    from alignmix_jax.trainer import trained_run
 
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not isinstance(pairs, int) or pairs < 1:
         raise ValueError(f"pairs must be a positive int, got {pairs!r}")
-    if not os.path.isdir(workdir):
-        raise ValueError(f"workdir {workdir!r} does not exist; expected a training run directory")
-    config, model, variables, step = checkpointing.load_for_eval(workdir, which=checkpoint)
+    config, model, variables, step = trained_run.load_for_eval(workdir, checkpoint=checkpoint)
     run_config = config
     config = experiment_config.apply_overrides(config, overrides)
     info = data.get_dataset_info(config.data)
@@ -252,7 +247,7 @@ def visualize_workdir(
     if not retrain_decoder and _decoder_matches(decoder_dir, decoder_key):
         decoder, decoder_params, _ = decoder_lib.load_decoder(decoder_dir)
     else:
-        batch_size = math.ceil(decoder_batch_size / mesh.devices.size) * mesh.devices.size
+        batch_size = parallel.round_up_to_devices(decoder_batch_size, mesh)
         train_split = config.data.get("train_split", "train")
         feature_shape = jax.eval_shape(
             lambda: encode(variables, jnp.zeros((1, *image_shape), jnp.float32))).shape[1:]

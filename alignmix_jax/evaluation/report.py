@@ -3,7 +3,7 @@
     python -m alignmix_jax.evaluate --workdir DIR [--checkpoint best|last] [--config.x=y ...]
     (the command: alignmix_jax/evaluate.py; this module: `evaluate_workdir` and its parts)
 
-Loads the run (`checkpointing.load_for_eval`), makes one sharded, jitted pass over the test split
+Loads the run (`trained_run.load_for_eval`), makes one sharded, jitted pass over the test split
 and writes `DIR/eval/results.json`, `DIR/eval/results.md` (one row a metric, the paper's figure
 beside it where one is known), `DIR/eval/reliability.png` and `DIR/eval/cam_overlays.png`.
 Settings live in `config.evaluation` (defaults in `default_evaluation_config`) and can be
@@ -11,7 +11,6 @@ overridden like any other field, e.g. `--config.evaluation.epsilon=0.0157`.
 """
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
 from alignmix_jax.evaluation import attacks, calibration, wsol
-from alignmix_jax.trainer import experiment_config, parallel, train
+from alignmix_jax.trainer import eval_loop, experiment_config, parallel
 
 EVAL_DIR = "eval"
 PERCENT_METRICS = (
@@ -129,7 +128,8 @@ def head_kernel(params: Mapping[str, Any]) -> jax.Array:
 
 
 def beyond_accuracy(model, *, mean, std, image_size, settings):
-    """The `extra` of `train.make_eval_step` that evaluates beyond accuracy, in the same pass.
+    """The `extra_metrics` of `eval_loop.make_eval_step`: evaluation beyond accuracy in the same
+    pass.
 
     Sums: examples correct under FGSM ("fgsm") and PGD ("pgd", random start from the step's key)
     and the calibration `BinStatistics` ("calibration"). Per example: "cams" `(B, H, W)`, the
@@ -138,7 +138,7 @@ def beyond_accuracy(model, *, mean, std, image_size, settings):
     """
     last_stage = model.stage_names[-1]
 
-    def extra(variables, logits_fn, logits, intermediates, batch, key):
+    def extra_metrics(variables, logits_fn, logits, intermediates, batch, key):
         images, labels = batch["image"], batch["label"]
         mask = batch["mask"].astype(jnp.float32)
         attack = dict(epsilon=settings.epsilon, mean=mean, std=std)
@@ -173,7 +173,7 @@ def beyond_accuracy(model, *, mean, std, image_size, settings):
         }
         return sums, per_example
 
-    return extra
+    return extra_metrics
 
 
 def _host_local(array: jax.Array, mesh) -> np.ndarray:
@@ -246,13 +246,9 @@ def evaluate_workdir(
       ``{"metrics": {name: percent}, "paper": {...}, "settings": {...}, "files": {...}, ...}``.
     """
     from alignmix_jax import data
-    from alignmix_jax.trainer import checkpointing
+    from alignmix_jax.trainer import trained_run
 
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    if not os.path.isdir(workdir):
-        raise ValueError(f"workdir {workdir!r} does not exist; expected a training run directory")
-    config, model, variables, _ = checkpointing.load_for_eval(workdir, which=checkpoint)
+    config, model, variables, _ = trained_run.load_for_eval(workdir, checkpoint=checkpoint)
     config = experiment_config.apply_overrides(
         with_evaluation_defaults(config), overrides, frozen=("model",)
     )
@@ -264,33 +260,21 @@ def evaluate_workdir(
     std = np.asarray(info.std, np.float32)
 
     mesh = parallel.make_data_mesh()
-    num_devices = mesh.devices.size
     requested_batch = settings.batch_size or config.get("eval_batch_size", 256)
-    batch_size = math.ceil(requested_batch / num_devices) * num_devices
-    replicated = parallel.replicate(variables, mesh)
-    eval_step = train.make_eval_step(
+    batch_size = parallel.round_up_to_devices(requested_batch, mesh)
+    eval_step = eval_loop.make_eval_step(
         model,
         beyond_accuracy(
             model, mean=mean, std=std, image_size=tuple(info.image_shape[:2]), settings=settings
         ),
     )
-    iterator = data.make_eval_iterator(
-        config.data, batch_size, split=settings.split, with_boxes=use_wsol
-    )
-    base_key = jax.random.key(settings.seed)
-    totals = None
     localization = {"count": 0, "gt_known": 0, "top1_loc": 0}
     overlay = {"images": [], "cams": [], "boxes": [], "gt_boxes": [], "titles": []}
-    for index, host_batch in enumerate(iterator):
-        if settings.max_batches is not None and index >= settings.max_batches:
-            break
-        batch = parallel.shard_host_batch(
-            {name: host_batch[name] for name in ("image", "label", "mask")}, mesh
-        )
-        sums, per_example = eval_step(replicated, batch, jax.random.fold_in(base_key, index))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+
+    def per_batch(host_batch, per_example):
+        nonlocal localization
         if not use_wsol and len(overlay["images"]) >= settings.num_overlays:
-            continue
+            return
         local_cams = _host_local(per_example["cams"], mesh)
         local_predictions = _host_local(per_example["predictions"], mesh)
         labels, mask = np.asarray(host_batch["label"]), np.asarray(host_batch["mask"])
@@ -310,9 +294,16 @@ def evaluate_workdir(
             overlay["boxes"].append(wsol.cam_to_box(local_cams[row], settings.cam_threshold))
             overlay["gt_boxes"].append(host_batch["bbox"][row] if use_wsol else None)
             overlay["titles"].append(f"label {labels[row]} / pred {local_predictions[row]}")
-    if totals is None:
-        raise ValueError(f"split {settings.split!r} of {config.data.name!r} yielded no batches")
-    totals = jax.device_get(totals)
+
+    totals = eval_loop.run_eval_pass(
+            eval_step,
+        parallel.replicate(variables, mesh),
+        data.make_eval_iterator(config.data, batch_size, split=settings.split, with_boxes=use_wsol),
+        mesh,
+        key=jax.random.key(settings.seed),
+        max_batches=settings.max_batches,
+        per_batch=per_batch,
+    )
     if use_wsol:
         localization = dict(
             zip(

@@ -44,6 +44,12 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(place, tree)
 
 
+def round_up_to_devices(batch_size: int, mesh: Mesh) -> int:
+    """The smallest multiple of the mesh's device count that is at least `batch_size` (an eval
+    batch, whose padding rows carry mask 0)."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
 def shard_host_batch(batch: dict, mesh: Mesh) -> dict:
     """Host-local numpy batch {name: (host_batch, ...)} -> global arrays sharded over `data`."""
     sharding = batch_sharding(mesh)

@@ -1,4 +1,5 @@
-"""What a run reports: its evals, kept in the checkpoint's meta, and the summary of them.
+"""What a run reports: its evals, kept in the run record that each checkpoint saves (its `meta`
+item), and the summary of them.
 
 A run evaluates, at every eval step, its test split (`config.data.eval_split`) and, when
 `config.data.validation_split` is set, a held-out validation split. The best-weights checkpoint
@@ -26,7 +27,7 @@ def evaluation_splits(data_config) -> dict[str, str]:
     return splits
 
 
-def new_meta() -> dict:
+def new_run_record() -> dict:
     """The eval record of a run before its first eval (JSON, saved with each checkpoint).
 
     best_step: the step of the best-weights checkpoint; best: {split: {"step", "top1", "top5"}};
@@ -37,31 +38,31 @@ def new_meta() -> dict:
     return {"best_step": 0, "best": {}, "test_top1_at_best_validation": None, "recent_evals": []}
 
 
-def record_eval(meta: dict, step: int, results: dict[str, dict], keep: int) -> bool:
-    """Adds the eval at `step` ({split: {"top1", "top5"}}) to `meta`, keeping the last `keep`.
+def record_eval(run_record: dict, step: int, results: dict[str, dict], keep: int) -> bool:
+    """Adds the eval at `step` ({split: {"top1", "top5"}}) to `run_record`, keeping the last `keep`.
 
     Returns whether these weights are the new best of the selection split (validation when
     evaluated, else test): the caller then saves them as the best weights.
     """
-    meta["recent_evals"] = [*meta["recent_evals"], {"step": step, **results}][-keep:]
+    run_record["recent_evals"] = [*run_record["recent_evals"], {"step": step, **results}][-keep:]
     for split, result in results.items():
-        best = meta["best"].get(split)
+        best = run_record["best"].get(split)
         if best is None or result["top1"] > best["top1"]:
-            meta["best"][split] = {"step": step, **result}
+            run_record["best"][split] = {"step": step, **result}
             if split == VALIDATION:
-                meta["test_top1_at_best_validation"] = results[TEST]["top1"]
+                run_record["test_top1_at_best_validation"] = results[TEST]["top1"]
     selection = VALIDATION if VALIDATION in results else TEST
-    if meta["best"][selection]["step"] == step:
-        meta["best_step"] = step
+    if run_record["best"][selection]["step"] == step:
+        run_record["best_step"] = step
         return True
     return False
 
 
-def _split_summary(meta: dict, split: str) -> dict:
+def _split_summary(run_record: dict, split: str) -> dict:
     nan = float("nan")
-    recent = [entry[split]["top1"] for entry in meta["recent_evals"] if split in entry]
-    last = meta["recent_evals"][-1][split] if recent else {"top1": nan, "top5": nan}
-    best = meta["best"].get(split, {"step": 0, "top1": nan, "top5": nan})
+    recent = [entry[split]["top1"] for entry in run_record["recent_evals"] if split in entry]
+    last = run_record["recent_evals"][-1][split] if recent else {"top1": nan, "top5": nan}
+    best = run_record["best"].get(split, {"step": 0, "top1": nan, "top5": nan})
     return {
         "final_top1": last["top1"],
         "final_top5": last["top5"],
@@ -72,20 +73,20 @@ def _split_summary(meta: dict, split: str) -> dict:
     }
 
 
-def summarize(meta: dict, **extra) -> dict:
+def summarize(run_record: dict, **extra) -> dict:
     """The summary of a run: the test split's figures at the top level ("best_top1" is the best
     test top-1, selected on the test set), "selected_on" (the split that chose best/), the
     number of evals the medians cover, and with a validation split its figures under
     "validation" and "test_top1_at_best_validation"; then `extra` (steps, images/s, ...)."""
-    has_validation = VALIDATION in meta["best"]
+    has_validation = VALIDATION in run_record["best"]
     summary = {
-        **_split_summary(meta, TEST),
+        **_split_summary(run_record, TEST),
         "selected_on": VALIDATION if has_validation else TEST,
-        "median_over_evals": len(meta["recent_evals"]),
+        "median_over_evals": len(run_record["recent_evals"]),
     }
     if has_validation:
-        summary[VALIDATION] = _split_summary(meta, VALIDATION)
-        summary["test_top1_at_best_validation"] = meta["test_top1_at_best_validation"]
+        summary[VALIDATION] = _split_summary(run_record, VALIDATION)
+        summary["test_top1_at_best_validation"] = run_record["test_top1_at_best_validation"]
     return {**summary, **extra}
 
 
