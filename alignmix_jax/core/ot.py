@@ -1,35 +1,26 @@
-"""Entropic optimal-transport alignment of feature maps (ott-jax Sinkhorn) and AlignMix.
+"""Entropic optimal-transport alignment of feature maps and AlignMix.
 
 Features are sets of positions: a `(B, H, W, C)` map is `r = H * W` positions of `C` channels, a
 `(B, N, C)` token sequence is `r = N` positions. The cost between two sets is the raw squared
-Euclidean distance, evaluated in the GEMM form `||a||^2 + ||b||^2 - 2 a.b` (ott's `PointCloud`
-with `SqEuclidean`), never as a `(B, r, s, C)` broadcast.
+Euclidean distance, evaluated once per pair in the GEMM form `||a||^2 + ||b||^2 - 2 a.b` (ott's
+`PointCloud` with `SqEuclidean`, which also applies `scale_cost`), never as a `(B, r, s, C)`
+broadcast. The plan is entropic OT with uniform marginals solved by log-domain Sinkhorn from zero
+potentials, updating b's potential first and a's last (so the plan's rows are exact):
+
+- `num_iters` updates exactly (`threshold=None`, the training op): a `lax.fori_loop` of the two
+  log-sum-exp updates on the materialised cost divided by epsilon, nothing else per update;
+  the same iterates as ott's `Sinkhorn` with `min_iterations == max_iterations`;
+- early stopping (`threshold` given): ott's `Sinkhorn` on the materialised cost.
+
+`align` moves features with a plan, `align_mix` / `align_mix_with_plan` mix aligned maps;
+`plan_statistics`, `mean_position_norm` and `pooled_relative_gap` describe plans and mixes.
+`align_mix(a, b, lam, direction=d)` is the official AlignMixup op applied to `(b, a, 1 - lam,
+1 - d)`: docs/library.md ("`align_mix` and the official op"), tests/test_official_sinkhorn.py.
 
 Precision: every matmul on raw features (the cost, the moves `R @ b`) runs at `HIGHEST`, whatever
 `jax.default_matmul_precision` is in force. At the default, GPUs use TF32 and TPUs bf16 passes;
 emulated on trained features scaled to norm ~30 (cost / epsilon ~1e4), bf16 operands put the
 cost off by up to 3.8 (median 0.2) and TF32 by up to 0.4, against epsilon = 0.1.
-
-Relation to the official op (AlignMixup_CVPR22, cifar10_100: `SinkhornDistance` and
-`mixup_aligned`; pinned by tests/test_official_sinkhorn.py against a float64 transcription).
-Both run log-domain Sinkhorn from zero potentials, the official updating a's potential first
-and b's last (its plan's columns are exact), ott updating b's first and a's last (rows exact).
-The iterates are the same with the partners' roles swapped, so exactly
-
-    official(a, b, lam, align_mix=d) == align_mix(b, a, 1 - lam, direction=1 - d),
-    official plan(a, b) == sinkhorn_plan(b, a).T,
-
-with the same label weights (lam on a's label, 1 - lam on b's). Measured on last maps of a
-trained network (tests/fixtures; cost / epsilon median 2.5e3, max 1.4e4, and scaled to norm
-~30: median 1.8e4): R within 8.4e-4, the mixed features within 2.5e-4 of their maximum
-(float32 here against float64). The official stopping rule (batch mean of the L1 change of u
-below 0.1) never fires there: both run all 100 updates. On the *same* arguments the two differ:
-100 updates are far from convergence at that cost / epsilon, and the last update decides; R's
-row argmax agrees on 59% (50%) of positions, the non-exact marginal's L1 error is 0.41 (0.59) for
-either plan, and the mixed features differ by up to 81-97% of their maximum. Training draws the
-partner by a uniform permutation, lam from Beta(alpha, alpha) and the direction by a fair coin,
-all symmetric under that swap, so training with `align_mix` draws the official op's mixes with
-the same distribution; to reproduce one official call, swap the arguments as above.
 """
 
 import functools
@@ -37,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import costs, pointcloud
+from ott.geometry import costs, geometry, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
@@ -53,22 +44,12 @@ def _check_interval(num_iters: int) -> int:
     return max(d for d in range(1, min(num_iters, _MAX_CHECK_INTERVAL) + 1) if num_iters % d == 0)
 
 
-def _solver(num_iters: int, threshold) -> sinkhorn.Sinkhorn:
-    """An ott log-domain Sinkhorn running exactly `num_iters` updates, or early-stopping ones.
+def _early_stopping_solver(num_iters: int, threshold) -> sinkhorn.Sinkhorn:
+    """ott's log-domain Sinkhorn stopping once the column marginal's L1 error is below `threshold`.
 
-    Fixed mode (`threshold is None`): `min_iterations == max_iterations == inner_iterations`, so
-    ott runs a single `lax.scan` of exactly `num_iters` updates and evaluates the marginal error
-    once, after the last. Early-stop mode: the error is tested every `_check_interval(num_iters)`
-    updates (a divisor of `num_iters`, so the cap is exact) inside a `while_loop`.
+    The error is tested every `_check_interval(num_iters)` updates (a divisor of `num_iters`, so
+    the cap of `num_iters` updates is exact) inside a `while_loop`.
     """
-    if threshold is None:
-        return sinkhorn.Sinkhorn(
-            lse_mode=True,
-            inner_iterations=num_iters,
-            min_iterations=num_iters,
-            max_iterations=num_iters,
-            implicit_diff=None,
-        )
     return sinkhorn.Sinkhorn(
         lse_mode=True,
         threshold=threshold,
@@ -79,31 +60,73 @@ def _solver(num_iters: int, threshold) -> sinkhorn.Sinkhorn:
     )
 
 
-def _single_plan(x, y, epsilon, scale_cost, solver):
-    """Plan `(r, s)` between positions `x (r, c)` and `y (s, c)`, rows summing to exactly 1/r."""
-    geom = pointcloud.PointCloud(
+def _cost_geometry(x, y, epsilon, scale_cost) -> geometry.Geometry:
+    """ott geometry `(r, s)` between `x (r, c)` and `y (s, c)` with its cost matrix computed once.
+
+    `PointCloud` recomputes its cost matrix wherever it is read; a solver loop reading it in every
+    update relies on the compiler to hoist that matmul out of the loop. The `Geometry` returned
+    holds the scaled squared-Euclidean cost as an array, evaluated here once.
+    """
+    cloud = pointcloud.PointCloud(
         x, y, cost_fn=costs.SqEuclidean(), epsilon=epsilon, scale_cost=scale_cost
     )
-    output = solver(linear_problem.LinearProblem(geom))
-    # ott's plan is exp((f + g - C) / eps), and its last update sets f = -eps * log-sum-exp over
-    # rows of (g - C) / eps, so the plan equals a row softmax of (g - C) / eps scaled by 1/r.
-    # The softmax form keeps rows summing to 1/r in float32 even when C / eps is ~1e7.
-    logits = (output.g[None, :] - geom.cost_matrix) / geom.epsilon
-    return jax.nn.softmax(logits, axis=-1) / x.shape[0]
+    return geometry.Geometry(cost_matrix=cloud.cost_matrix, epsilon=cloud.epsilon)
+
+
+def _column_potential_fixed(cost_over_eps, num_iters: int):
+    """b's potential g / epsilon `(s,)` after exactly `num_iters` log-domain Sinkhorn updates.
+
+    `cost_over_eps (r, s)` is the cost divided by epsilon; the marginals are uniform (1/r, 1/s).
+    From zero potentials, each update sets g (b's potential) from f, then f from the new g, both in
+    units of epsilon: ott's `Sinkhorn.lse_step` without momentum, Anderson acceleration or
+    unbalanced terms, and without its per-update bookkeeping (marginal errors, the convergence
+    `cond`). Dividing the cost by epsilon once saves a multiply per entry and update.
+    """
+    r, s = cost_over_eps.shape
+    log_a, log_b = -jnp.log(float(r)), -jnp.log(float(s))
+
+    def update(_, potentials):
+        f, _ = potentials
+        g = log_b - jax.nn.logsumexp(f[:, None] - cost_over_eps, axis=0)
+        f = log_a - jax.nn.logsumexp(g[None, :] - cost_over_eps, axis=1)
+        return f, g
+
+    zeros = (jnp.zeros(r, cost_over_eps.dtype), jnp.zeros(s, cost_over_eps.dtype))
+    _, g = jax.lax.fori_loop(0, num_iters, update, zeros)
+    return g
+
+
+def _single_plan(x, y, epsilon, num_iters, threshold, scale_cost):
+    """Plan `(r, s)` between positions `x (r, c)` and `y (s, c)`, rows summing to exactly 1/r.
+
+    The plan is exp(f + g - C) (in units of epsilon), and the last update sets f to minus the
+    log-sum-exp over each row of g - C (plus log 1/r), so the plan equals a row softmax of g - C
+    scaled by 1/r: that form keeps rows summing to 1/r in float32 even when C / eps is ~1e7.
+    """
+    geom = _cost_geometry(x, y, epsilon, scale_cost)
+    cost_over_eps = geom.cost_matrix / geom.epsilon
+    if threshold is None:
+        g_over_eps = _column_potential_fixed(cost_over_eps, num_iters)
+    else:
+        output = _early_stopping_solver(num_iters, threshold)(linear_problem.LinearProblem(geom))
+        g_over_eps = output.g / geom.epsilon
+    return jax.nn.softmax(g_over_eps[None, :] - cost_over_eps, axis=-1) / x.shape[0]
 
 
 def _outside_vma_checked_shard_map(*arrays) -> None:
     """Raise a clear error for inputs of a `jax.shard_map` that runs with `check_vma=True`.
 
-    ott-jax 0.6.0's Sinkhorn has a `lax.cond` whose branches differ in their varying mesh axes,
-    which `check_vma=True` rejects with a type error; `check_vma=False` runs it per device.
+    ott-jax 0.6.0's Sinkhorn (early stopping) has a `lax.cond` whose branches differ in their
+    varying mesh axes, and the fixed loop starts from zero potentials that vary over no axis while
+    its updates vary over the features' axes: `check_vma=True` rejects both with a type error;
+    `check_vma=False` runs them per device.
     """
     for array in arrays:
         varying = jax.typeof(array).manual_axis_type.varying
         if varying:
             raise ValueError(
                 f"features vary over the shard_map axes {sorted(varying)} under check_vma=True; "
-                "ott-jax's Sinkhorn needs jax.shard_map(..., check_vma=False)"
+                "the Sinkhorn solvers need jax.shard_map(..., check_vma=False)"
             )
 
 
@@ -131,14 +154,15 @@ def _validated_options(epsilon, num_iters, threshold, scale_cost):
 
 
 def _plan(x, y, epsilon, num_iters, threshold, scale_cost):
-    """Plans `(n, r, s)` between float32 `x (n, r, c)` and `y (n, s, c)`, one ott problem each.
+    """Plans `(n, r, s)` between float32 `x (n, r, c)` and `y (n, s, c)`, one problem each.
 
     Traced under `jax.default_matmul_precision("highest")`: ott's `PointCloud` evaluates the cost
     with its own matmuls and takes no precision argument, and at the caller's default precision
     (TF32 on GPUs, bf16 passes on TPUs) the cost of raw features is wrong by more than epsilon.
     """
-    solver = _solver(num_iters, threshold)
-    plan_fn = jax.vmap(lambda xi, yi: _single_plan(xi, yi, epsilon, scale_cost, solver))
+    plan_fn = jax.vmap(
+        lambda xi, yi: _single_plan(xi, yi, epsilon, num_iters, threshold, scale_cost)
+    )
     with jax.default_matmul_precision(_MATMUL_PRECISION):
         return plan_fn(jax.lax.stop_gradient(x), jax.lax.stop_gradient(y))
 
@@ -171,7 +195,7 @@ def sinkhorn_plan(a, b, *, epsilon=0.1, num_iters=100, threshold=None, scale_cos
       convergence of the solver (raw features of norm ~1e3 at epsilon 0.1 give cost / epsilon
       ~1e7: the columns are then far from converged after 100 updates, the rows stay exact and
       the plan finite). No gradient flows through it. The leading dimensions are batched with
-      `vmap`, one ott problem each.
+      `vmap`, one problem each.
     """
     a, b = _position_sets(a, b)
     _checks.floating(a, "a")
