@@ -33,9 +33,9 @@ import shlex
 from collections.abc import Callable
 
 import ml_collections
-import numpy as np
 from absl import flags
 
+from alignmix_jax.evaluation import sweep_comparison
 from alignmix_jax.trainer import experiment_config
 
 FLAGS = flags.FLAGS
@@ -65,7 +65,6 @@ RESULT_COLUMNS = (
     "point", "overrides", "seed", *METRICS, "images_per_sec", "best_step", "steps",
     "wall_time_sec", "machine",
 )
-CONFIDENCE = 0.95
 
 
 def point_name(index: int, overrides: dict) -> str:
@@ -132,19 +131,6 @@ def read_summary(run_dir: pathlib.Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def mean_and_interval(values: list[float]) -> tuple[float, float, float]:
-    """(mean, sample standard deviation, half-width of the 95% Student-t confidence interval of
-    the mean); the last two are NaN for a single value."""
-    from scipy import stats
-
-    values = np.asarray(values, np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float("nan"), float("nan")
-    std = float(values.std(ddof=1))
-    quantile = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)
-    return float(values.mean()), std, float(quantile * std / np.sqrt(len(values)))
-
-
 def write_results(workdir: pathlib.Path, rows: list[dict]) -> None:
     """Writes every run's row to workdir/results.csv and, per point, the mean, standard deviation
     and 95% confidence interval over seeds of each metric to workdir/results.md."""
@@ -163,7 +149,8 @@ def write_results(workdir: pathlib.Path, rows: list[dict]) -> None:
         runs = [row for row in rows if row["point"] == point]
         cells = []
         for metric in metrics:
-            mean, std, half_width = mean_and_interval([row[metric] for row in runs])
+            values = [row[metric] for row in runs]
+            mean, std, half_width = sweep_comparison.mean_and_interval(values)
             cells.append(
                 f"{mean:.2f}" if len(runs) < 2 else f"{mean:.2f} +- {half_width:.2f} ({std:.2f})"
             )

@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 from alignmix_jax import cli, sweep
+from alignmix_jax.evaluation import sweep_comparison
 from alignmix_jax.trainer import experiment_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_seeds_run_seed_by_seed_and_report_confidence_intervals(tiny_ablation, t
     first = [row for row in rows if row["point"] == "00_epsilon=0.5"]
     assert [row["final_top1"] for row in first] == [90.5, 91.5, 95.5]
     # mean 92.5, sample sd sqrt(7) = 2.65, t(0.975, 2) = 4.303: half-width 4.303 * 2.65 / sqrt(3)
-    mean, std, half_width = sweep.mean_and_interval([90.5, 91.5, 95.5])
+    mean, std, half_width = sweep_comparison.mean_and_interval([90.5, 91.5, 95.5])
     assert (mean, std) == pytest.approx((92.5, 7**0.5))
     assert half_width == pytest.approx(4.302653 * 7**0.5 / 3**0.5, rel=1e-6)
     line = (workdir / "results.md").read_text().splitlines()[4]

@@ -12,9 +12,21 @@ import pathlib
 
 import numpy as np
 
-from alignmix_jax.sweep import mean_and_interval
-
 METRICS = {"final_top1": "final", "median_last_top1": "median of the last evals"}
+CONFIDENCE = 0.95
+
+
+def mean_and_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, sample standard deviation, half-width of the 95% Student-t confidence interval of
+    the mean); the last two are NaN for a single value."""
+    from scipy import stats
+
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float(values.mean()), float("nan"), float("nan")
+    std = float(values.std(ddof=1))
+    quantile = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)
+    return float(values.mean()), std, float(quantile * std / np.sqrt(len(values)))
 
 
 def point_label(overrides: str) -> str:
