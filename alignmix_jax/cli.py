@@ -75,8 +75,12 @@ def quiet_library_logs() -> None:
 
 def define_run_flags() -> None:
     """`--workdir` and `--checkpoint`, for the commands that read a trained run."""
+    from alignmix_jax.trainer import checkpointing
+
     flags.DEFINE_string("workdir", None, "Run directory written by the trainer.")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which weights to load.")
+    flags.DEFINE_enum(
+        "checkpoint", "best", list(checkpointing.CHECKPOINT_WHICH), "Which weights to load."
+    )
     flags.mark_flag_as_required("workdir")
 
 
