@@ -97,7 +97,7 @@ def device_draws(coins: str, key_seed: int) -> tuple[np.ndarray, np.ndarray]:
 
     def draws(images, labels, key):
         out = forward(variables["params"], variables["batch_stats"], images, labels, key)
-        return out.branch[None], out.direction[None]
+        return out.point[None], out.direction[None]
 
     sharded = jax.jit(jax.shard_map(
         draws, mesh=mesh, in_specs=(PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),

@@ -1,6 +1,6 @@
 """The mixed forward pass (`method.make_mixed_forward`) against forwards rebuilt by hand.
 
-For each method, the forward's own draws (lam, partner, branch, direction) are read back and the
+For each method, the forward's own draws (lam, partner, point, direction) are read back and the
 forward is rebuilt from the public pieces (`model.apply` slices, `mixup`, `align_mix`, `cutmix`):
 the input branch mixes the images and BatchNorm sees the mixed batch; the aligned branch runs the
 encoder on the clean batch, aligns and mixes the last map, then the head. Logits, updated
@@ -26,8 +26,6 @@ IMAGE_SHAPE = (16, 16, 3)
 MODEL = {"name": "preact_resnet18", "stage_sizes": (1, 1), "base_width": 8}
 LAST = "stage2"
 MANIFOLD_STAGES = ("input", "stage1", "stage2")
-# The documented use of the key: split(key, 6) -> lam, perm, coin, direction, stage, box.
-BOX_KEY_INDEX = 5
 
 
 def mix_config(name: str, **changes):
@@ -66,18 +64,19 @@ def by_hand(model, variables, images, labels, out, mix, key):
         logits, variables = train_apply(model, variables, images)
         return logits, variables["batch_stats"]
     if mix.method in ("cutmix", "saliencymix"):
-        box_keys = jax.random.split(jax.random.split(key, 6)[BOX_KEY_INDEX], BATCH)
-        lam_drawn = jax.random.beta(jax.random.split(key, 6)[0], mix.alpha, mix.alpha)
+        keys = method.step_keys(key)
+        box_keys = jax.random.split(keys["example"], BATCH)
+        lam_drawn = jax.random.beta(keys["lam"], mix.alpha, mix.alpha)
         paste = cutmix if mix.method == "cutmix" else saliencymix
         mixed, corrected = paste(box_keys, images, images[partner], lam_drawn)
         np.testing.assert_allclose(out.lam, corrected, rtol=1e-6)
         logits, variables = train_apply(model, variables, mixed)
         return logits, variables["batch_stats"]
-    branch = int(out.branch)
-    if mix.method == "input_mixup" or (mix.method == "alignmixup" and branch == 0):
+    point = int(out.point)
+    if mix.method == "input_mixup" or (mix.method == "alignmixup" and point == 0):
         stage, aligned = "input", False
     elif mix.method == "manifold_mixup":
-        stage, aligned = MANIFOLD_STAGES[branch], False
+        stage, aligned = MANIFOLD_STAGES[point], False
     else:
         stage, aligned = LAST, True
     features = images
@@ -148,7 +147,7 @@ def test_forward_equals_the_method_rebuilt_by_hand(setup, name, changes):
         assert np.any(partner != np.arange(BATCH))
     np.testing.assert_array_equal(out.partner_labels, np.asarray(labels)[partner])
     if name == "alignmixup":  # the coin: input with probability input_prob
-        assert int(out.branch) == (0 if changes["input_prob"] == 1.0 else 1)
+        assert int(out.point) == (0 if changes["input_prob"] == 1.0 else 1)
     if "direction" in changes:
         assert int(out.direction) == int(changes["direction"])
     lam = np.asarray(out.lam)
@@ -243,10 +242,10 @@ def test_the_coins_follow_their_probabilities(setup):
 
     def draws(key):
         out = forward(variables["params"], variables["batch_stats"], images, labels, key)
-        return out.branch, out.direction, out.lam[0]
+        return out.point, out.direction, out.lam[0]
 
-    branch, direction, lam = jax.jit(jax.vmap(draws))(jax.random.split(jax.random.key(0), 400))
+    point, direction, lam = jax.jit(jax.vmap(draws))(jax.random.split(jax.random.key(0), 400))
     # Binomial(400, p) stays within 4 standard deviations (sd <= 10) of its mean.
-    assert abs(int(np.sum(branch == 0)) - 100) < 4 * np.sqrt(400 * 0.25 * 0.75)
+    assert abs(int(np.sum(point == 0)) - 100) < 4 * np.sqrt(400 * 0.25 * 0.75)
     assert abs(int(np.sum(direction == 1)) - 200) < 4 * 10
     assert abs(float(np.mean(lam)) - 0.5) < 4 * np.sqrt(0.05 / 400)
