@@ -160,6 +160,29 @@ def test_forward_equals_the_method_rebuilt_by_hand(setup, name, changes):
     assert_close_trees(out.batch_stats, batch_stats)
 
 
+def test_mixing_turned_off_by_a_traced_flag_is_method_none_in_the_same_program(setup):
+    """`mixing` True: the mixed forward; False: method none's (f(x) with its statistics, lam 1,
+    each example its own partner), both from one compiled program."""
+    model, variables, images, labels = setup
+    mix = mix_config("alignmixup", input_prob=0.0)
+    args = (variables["params"], variables["batch_stats"], images, labels, jax.random.key(7))
+    flagged = jax.jit(method.make_mixed_forward(model, mix))
+    on, off = flagged(*args, jnp.asarray(True)), flagged(*args, jnp.asarray(False))
+    assert flagged._cache_size() == 1
+    mixed = jax.jit(method.make_mixed_forward(model, mix))(*args)
+    assert float(on.diagnostics["aligned"]) == 1.0 and int(on.point) == 1
+    np.testing.assert_array_equal(on.lam, mixed.lam)
+    np.testing.assert_allclose(on.logits, mixed.logits, rtol=1e-5, atol=1e-5)
+    logits, plain = train_apply(model, variables, images)
+    np.testing.assert_allclose(off.logits, logits, rtol=1e-5, atol=1e-5)
+    assert_close_trees(off.batch_stats, plain["batch_stats"])
+    np.testing.assert_array_equal(off.lam, np.ones(BATCH))
+    np.testing.assert_array_equal(off.partner, np.arange(BATCH))
+    np.testing.assert_array_equal(off.partner_labels, labels)
+    assert int(off.point) == -1
+    assert all(float(off.diagnostics[name]) == 0.0 for name in method.DIAGNOSTICS)
+
+
 def test_batch_norm_sees_the_clean_batch_in_the_aligned_branch(setup):
     """The updated statistics of the aligned branch are those of the encoder on clean images,
     not of mixed images: the two differ, so the comparison above can tell them apart."""
