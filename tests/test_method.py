@@ -8,6 +8,8 @@ BatchNorm statistics, partner labels and lam must agree. Then: the same on 8 dev
 partners, and the draws' distributions.
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,12 @@ IMAGE_SHAPE = (16, 16, 3)
 MODEL = {"name": "preact_resnet18", "stage_sizes": (1, 1), "base_width": 8}
 LAST = "stage2"
 MANIFOLD_STAGES = ("input", "stage1", "stage2")
+# The input-pasting methods, by hand: (keys, x, x_partner, lam) -> (mixed, lam of the kept area).
+PASTES = {
+    "cutmix": cutmix,
+    "saliencymix": saliencymix,
+    "resizemix": lambda keys, x, x_partner, lam: jax.jit(method.resize_paste)(keys, x, x_partner),
+}
 
 
 def mix_config(name: str, **changes):
@@ -58,17 +66,16 @@ def by_hand(model, variables, images, labels, out, mix, key):
     """The method's forward rebuilt from its draws: (logits, batch_stats)."""
     partner, lam = np.asarray(out.partner), out.lam
     options = dict(epsilon=mix.epsilon, num_iters=mix.num_iters)
-    if mix.method in ("none", "cutmix", "saliencymix"):
+    if mix.method == "none" or mix.method in PASTES:
         assert all(float(out.diagnostics[name]) == 0.0 for name in method.DIAGNOSTICS)
     if mix.method == "none":
         logits, variables = train_apply(model, variables, images)
         return logits, variables["batch_stats"]
-    if mix.method in ("cutmix", "saliencymix"):
+    if mix.method in PASTES:
         keys = method.step_keys(key)
         box_keys = jax.random.split(keys["example"], BATCH)
         lam_drawn = jax.random.beta(keys["lam"], mix.alpha, mix.alpha)
-        paste = cutmix if mix.method == "cutmix" else saliencymix
-        mixed, corrected = paste(box_keys, images, images[partner], lam_drawn)
+        mixed, corrected = PASTES[mix.method](box_keys, images, images[partner], lam_drawn)
         np.testing.assert_allclose(out.lam, corrected, rtol=1e-6)
         logits, variables = train_apply(model, variables, mixed)
         return logits, variables["batch_stats"]
@@ -123,6 +130,7 @@ CASES = [
     ("manifold_mixup", {}),
     ("cutmix", {}),
     ("saliencymix", {}),
+    ("resizemix", {}),
     ("alignmix", {"direction": "0"}),
     ("alignmix", {"direction": "1"}),
     ("alignmixup", {"input_prob": 1.0}),
@@ -153,7 +161,7 @@ def test_forward_equals_the_method_rebuilt_by_hand(setup, name, changes):
     lam = np.asarray(out.lam)
     if changes.get("lam_mode") == "example":
         assert len(set(lam.tolist())) == BATCH  # one draw per example
-    elif name not in ("none", "cutmix", "saliencymix"):
+    elif name != "none" and name not in PASTES:
         assert len(set(lam.tolist())) == 1 and 0.0 < lam[0] < 1.0
     logits, batch_stats = by_hand(model, variables, images, labels, out, mix, key)
     np.testing.assert_allclose(out.logits, logits, rtol=1e-5, atol=1e-5)
@@ -181,6 +189,35 @@ def test_mixing_turned_off_by_a_traced_flag_is_method_none_in_the_same_program(s
     np.testing.assert_array_equal(off.partner_labels, labels)
     assert int(off.point) == -1
     assert all(float(off.diagnostics[name]) == 0.0 for name in method.DIAGNOSTICS)
+
+
+def test_resizemix_pastes_the_partner_shrunk_into_a_box_weighed_by_its_area():
+    """ResizeMix: each mixed image is the image but for one square box inside it, of side
+    floor(tau * 20) with tau ~ U(0.1, 0.8), holding the partner resized to the box; lam is the
+    fraction of pixels kept."""
+    count, side = 256, 20
+    images = jax.random.normal(jax.random.key(0), (count, side, side, 3))
+    partners = jax.random.normal(jax.random.key(1), (count, side, side, 3))
+    keys = jax.random.split(jax.random.key(2), count)
+    mixed, lam = map(np.asarray, jax.jit(method.resize_paste)(keys, images, partners))
+    sides, tops = [], []
+    for example in range(count):
+        changed = np.any(mixed[example] != np.asarray(images[example]), axis=-1)
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        assert len(rows) == len(cols) and changed.sum() == len(rows) * len(cols)  # a square box
+        assert np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        assert lam[example] == pytest.approx(1.0 - len(rows) ** 2 / side**2, abs=1e-6)
+        sides.append(len(rows))
+        tops.append(rows[0])
+        if example < 8:  # its content: the partner resized to the box
+            box = mixed[example, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            shrunk = jax.image.resize(partners[example], box.shape, "linear")
+            np.testing.assert_allclose(box, shrunk, atol=1e-5)
+    sides = np.asarray(sides)
+    assert sides.min() >= 2 and sides.max() <= 16  # floor(20 tau), tau in [0.1, 0.8)
+    # floor(20 tau) with 20 tau ~ U(2, 16): mean 8.5, sd 4.04; the mean of 256 within 4 sd.
+    assert abs(sides.mean() - 8.5) < 4 * 4.04 / np.sqrt(count)
+    assert min(tops) == 0 and np.any(np.asarray(tops) + sides == side)  # boxes reach both ends
 
 
 def test_batch_norm_sees_the_clean_batch_in_the_aligned_branch(setup):
@@ -272,3 +309,13 @@ def test_the_coins_follow_their_probabilities(setup):
     assert abs(int(np.sum(point == 0)) - 100) < 4 * np.sqrt(400 * 0.25 * 0.75)
     assert abs(int(np.sum(direction == 1)) - 200) < 4 * 10
     assert abs(float(np.mean(lam)) - 0.5) < 4 * np.sqrt(0.05 / 400)
+
+
+def test_the_readme_lists_the_registered_methods():
+    """The README's list of methods is `methods_markdown()` of the registry (a new method's line
+    comes from its docstring)."""
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    start = "<!-- generated: alignmix_jax.core.method.methods_markdown() -->\n"
+    listed = readme.split(start)[1].split("<!-- end generated -->")[0]
+    expected = method.methods_markdown()
+    assert listed == expected, f"README.md's methods are out of date; list them as:\n{expected}"

@@ -288,6 +288,52 @@ def alignmixup(spec, draws):
 
 
 
+
+RESIZEMIX_SCALE = (0.1, 0.8)
+"""ResizeMix's range of tau, the pasted side over the image's (the paper's)."""
+
+
+def resize_paste(example_keys, images, partners, scale=RESIZEMIX_SCALE):
+    """ResizeMix's paste: each partner, shrunk (bilinear, antialiased) to `floor(tau * side)`
+    of the image's sides with tau ~ U(scale), into a box placed uniformly inside the image.
+
+    `example_keys` `(B,)`; `images`, `partners` `(B, H, W, C)` float -> (mixed `(B, H, W, C)` in
+    `images`' dtype, lam `(B,)` float32 the fraction of each image's pixels kept).
+    """
+    _, height, width, channels = images.shape
+
+    def one(key, image, partner):
+        tau_key, top_key, left_key = jax.random.split(key, 3)
+        tau = jax.random.uniform(tau_key, (), jnp.float32, *scale)
+        rows = jnp.clip(jnp.floor(tau * height), 1, height).astype(jnp.int32)
+        cols = jnp.clip(jnp.floor(tau * width), 1, width).astype(jnp.int32)
+        top = jax.random.randint(top_key, (), 0, height - rows + 1)
+        left = jax.random.randint(left_key, (), 0, width - cols + 1)
+        shrunk = jax.image.scale_and_translate(
+            partner.astype(jnp.float32), (height, width, channels), (0, 1),
+            jnp.stack([rows / height, cols / width]).astype(jnp.float32),
+            jnp.stack([top, left]).astype(jnp.float32), method="linear",
+        )
+        in_rows = (jnp.arange(height) >= top) & (jnp.arange(height) < top + rows)
+        in_cols = (jnp.arange(width) >= left) & (jnp.arange(width) < left + cols)
+        inside = in_rows[:, None, None] & in_cols[None, :, None]
+        kept = 1.0 - (rows * cols).astype(jnp.float32) / (height * width)
+        return jnp.where(inside, shrunk.astype(image.dtype), image), kept
+
+    return jax.vmap(one)(example_keys, images, partners)
+
+
+def _resized(images, partner, spec, draws):
+    mixed, lam = resize_paste(draws.example_keys, images, partner)
+    return mixed, lam, _no_diagnostics()
+
+
+@register
+def resizemix(spec, draws):
+    """ResizeMix (Qin et al. 2020): x[perm] shrunk to a side tau ~ U(0.1, 0.8) of x's and pasted
+    into a random box of x; lam the kept area."""
+    return Mixing((Point("input", _resized),))
+
 METHODS = tuple(METHOD_REGISTRY)
 """The registered methods' names, in registration order."""
 
