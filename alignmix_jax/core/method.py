@@ -132,10 +132,12 @@ def _no_diagnostics() -> dict:
 class Draws:
     """One device's draws of a step, each from its own named key (`step_keys`).
 
-    lam `(b,)` float32: Beta(alpha, alpha), one per batch or (lam_mode "example") one per example
-    of the global batch, sliced; direction: the int32 direction of AlignMix (a fair coin, or the
-    spec's fixed one); example_keys `(b,)`: one key per example of the global batch, sliced (box
-    places, sizes, ties); `coin(p)` and `index(n)`: the method's coin and uniform choice.
+    partner `(b,)`: each example's partner, a row of the global batch under a permutation
+    (partner "global") or of the shard ("device"); lam `(b,)` float32: Beta(alpha, alpha), one per
+    batch or (lam_mode "example") one per example of the global batch, sliced; direction: the int32
+    direction of AlignMix (a fair coin, or the spec's fixed one); example_keys `(b,)`: one key per
+    example of the global batch, sliced (box places, sizes, ties); `coin(p)` and `index(n)`: the
+    method's coin and uniform choice.
     """
 
     def __init__(self, spec: MixSpec, key, local: int, device, devices: int):
@@ -145,6 +147,10 @@ class Draws:
         def local_rows(per_example):  # this device's rows of a draw for the global batch
             return jax.lax.dynamic_slice_in_dim(per_example, device * local, local)
 
+        if spec.partner == "global":
+            self.partner = local_rows(jax.random.permutation(keys["perm"], local * devices))
+        else:
+            self.partner = jax.random.permutation(jax.random.fold_in(keys["perm"], device), local)
         if spec.lam_mode == "example":
             self.lam = local_rows(sample_lam(keys["lam"], spec.alpha, (local * devices,)))
         else:
@@ -334,6 +340,7 @@ def resizemix(spec, draws):
     into a random box of x; lam the kept area."""
     return Mixing((Point("input", _resized),))
 
+
 METHODS = tuple(METHOD_REGISTRY)
 """The registered methods' names, in registration order."""
 
@@ -402,12 +409,7 @@ def make_mixed_forward(model, mix, axis_name: str | None = None):
         devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
         device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
         draws = Draws(spec, key, local, device, devices)
-        perm_key = step_keys(key)["perm"]
-        if spec.partner == "global":
-            partner = jax.lax.dynamic_slice_in_dim(
-                jax.random.permutation(perm_key, local * devices), device * local, local)
-        else:
-            partner = jax.random.permutation(jax.random.fold_in(perm_key, device), local)
+        partner = draws.partner
 
         def partner_of(features):
             if spec.partner == "global" and axis_name is not None:
