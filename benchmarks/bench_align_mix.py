@@ -37,13 +37,16 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
 from alignmix_jax import align_mix, cli
+from alignmix_jax.core.method import SinkhornOptions
 
 PAPER_SHAPES = {
     "cifar_preactresnet18": (128, 4, 4, 512),
     "cifar_wrn16_8": (128, 8, 8, 512),
     "imagenet_resnet50": (128, 7, 7, 2048),
 }
-EPSILON = 0.1
+SINKHORN = SinkhornOptions.default()  # the method's epsilon and number of updates
+EPSILON = SINKHORN.epsilon
+EARLY_STOP_THRESHOLD = 1e-3  # the early-stopping rows'
 TARGET_RATIO = 1.1  # fixed / floor, median, at (128, 4, 4, 512)
 ARMS = ("fixed", "early_stop", "ott_solver", "floor")
 ABLATION_ARMS = ("ott_update", "plain_lse")
@@ -209,8 +212,10 @@ def main():
     cli.configure_runtime()  # before JAX starts its backend
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per case (>= 1)")
-    parser.add_argument("--num-iters", type=int, default=100, help="Sinkhorn updates")
-    parser.add_argument("--threshold", type=float, default=1e-3, help="early-stop threshold")
+    parser.add_argument("--num-iters", type=int, default=SINKHORN.num_iters,
+                        help="Sinkhorn updates")
+    parser.add_argument("--threshold", type=float, default=EARLY_STOP_THRESHOLD,
+                        help="early-stop threshold")
     parser.add_argument("--quick", action="store_true", help="only the (128, 4, 4, 512) shape")
     parser.add_argument(
         "--ablation", action="store_true", help="also time the loops between ott and the fixed mode"

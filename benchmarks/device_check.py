@@ -76,7 +76,8 @@ JSON_NAME, MARKDOWN_NAME = "device_check.json", "device_check.md"
 DEFAULT_BUDGET_S = 300.0
 GRACE_S = 20.0  # past its budget, a part still running is abandoned
 TIMED_OUT_STATUS = 3  # the exit status when a part was abandoned
-EPSILON, NUM_ITERS, THRESHOLD = 0.1, 100, 1e-3
+EPSILON, NUM_ITERS = bench_align_mix.SINKHORN.epsilon, bench_align_mix.SINKHORN.num_iters
+THRESHOLD = bench_align_mix.EARLY_STOP_THRESHOLD
 LAM = 0.3
 PACKAGES = (
     "jax",

@@ -2,6 +2,8 @@
 device (`model.batch_norm_group = 1`) and mixing coins per device (`mix.coins = "device"`), as
 each `nn.DataParallel` replica of the reference computes them; on 1 device both change nothing."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,8 +89,10 @@ def test_on_one_device_the_per_device_options_change_nothing():
     assert official_metrics["aligned"] == plain_metrics["aligned"]
 
 
-def device_draws(coins: str, key_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(branch, direction) drawn on each of the 8 devices by AlignMixup's forward for one key."""
+@functools.cache
+def draws_program(coins: str):
+    """(jitted `(images, labels, key) -> (point, direction)` of AlignMixup's forward on each of
+    the 8 devices, the batch sharded, the mesh): one compile for every key."""
     config = per_device_config("alignmixup", batch_norm_group=0, coins=coins)
     model = models.build_model(config.model, NUM_CLASSES, axis_name="data")
     variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)), train=False)
@@ -97,13 +101,18 @@ def device_draws(coins: str, key_seed: int) -> tuple[np.ndarray, np.ndarray]:
 
     def draws(images, labels, key):
         out = forward(variables["params"], variables["batch_stats"], images, labels, key)
-        return out.branch[None], out.direction[None]
+        return out.point[None], out.direction[None]
 
     sharded = jax.jit(jax.shard_map(
         draws, mesh=mesh, in_specs=(PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),
         out_specs=PartitionSpec("data"), check_vma=False,
     ))
-    batch = parallel.shard_host_batch(make_batch(0), mesh)
+    return sharded, parallel.shard_host_batch(make_batch(0), mesh), mesh
+
+
+def device_draws(coins: str, key_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(point, direction) drawn on each of the 8 devices by AlignMixup's forward for one key."""
+    sharded, batch, mesh = draws_program(coins)
     key = parallel.replicate(jax.random.key(key_seed), mesh)
     return tuple(np.asarray(draw) for draw in sharded(batch["image"], batch["label"], key))
 
@@ -111,10 +120,10 @@ def device_draws(coins: str, key_seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_per_device_coins_differ_across_devices_and_shared_ones_do_not():
     per_device = [device_draws("device", seed) for seed in range(3)]
     shared = [device_draws("shared", seed) for seed in range(3)]
-    for branch, direction in shared:
-        assert len(set(branch)) == 1 and len(set(direction)) == 1
+    for point, direction in shared:
+        assert len(set(point)) == 1 and len(set(direction)) == 1
     # 8 fair coins all alike has probability 2 / 256 per key; three keys all alike ~ 5e-7.
-    assert any(len(set(branch)) > 1 for branch, _ in per_device)
+    assert any(len(set(point)) > 1 for point, _ in per_device)
     assert any(len(set(direction)) > 1 for _, direction in per_device)
-    for branch, direction in per_device:
-        assert set(branch) <= {0, 1} and set(direction) <= {0, 1}
+    for point, direction in per_device:
+        assert set(point) <= {0, 1} and set(direction) <= {0, 1}

@@ -1,12 +1,14 @@
 """The mixed forward pass (`method.make_mixed_forward`) against forwards rebuilt by hand.
 
-For each method, the forward's own draws (lam, partner, branch, direction) are read back and the
+For each method, the forward's own draws (lam, partner, point, direction) are read back and the
 forward is rebuilt from the public pieces (`model.apply` slices, `mixup`, `align_mix`, `cutmix`):
 the input branch mixes the images and BatchNorm sees the mixed batch; the aligned branch runs the
 encoder on the clean batch, aligns and mixes the last map, then the head. Logits, updated
 BatchNorm statistics, partner labels and lam must agree. Then: the same on 8 devices with global
 partners, and the draws' distributions.
 """
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +28,12 @@ IMAGE_SHAPE = (16, 16, 3)
 MODEL = {"name": "preact_resnet18", "stage_sizes": (1, 1), "base_width": 8}
 LAST = "stage2"
 MANIFOLD_STAGES = ("input", "stage1", "stage2")
-# The documented use of the key: split(key, 6) -> lam, perm, coin, direction, stage, box.
-BOX_KEY_INDEX = 5
+# The input-pasting methods, by hand: (keys, x, x_partner, lam) -> (mixed, lam of the kept area).
+PASTES = {
+    "cutmix": cutmix,
+    "saliencymix": saliencymix,
+    "resizemix": lambda keys, x, x_partner, lam: jax.jit(method.resize_paste)(keys, x, x_partner),
+}
 
 
 def mix_config(name: str, **changes):
@@ -60,24 +66,24 @@ def by_hand(model, variables, images, labels, out, mix, key):
     """The method's forward rebuilt from its draws: (logits, batch_stats)."""
     partner, lam = np.asarray(out.partner), out.lam
     options = dict(epsilon=mix.epsilon, num_iters=mix.num_iters)
-    if mix.method in ("none", "cutmix", "saliencymix"):
+    if mix.method == "none" or mix.method in PASTES:
         assert all(float(out.diagnostics[name]) == 0.0 for name in method.DIAGNOSTICS)
     if mix.method == "none":
         logits, variables = train_apply(model, variables, images)
         return logits, variables["batch_stats"]
-    if mix.method in ("cutmix", "saliencymix"):
-        box_keys = jax.random.split(jax.random.split(key, 6)[BOX_KEY_INDEX], BATCH)
-        lam_drawn = jax.random.beta(jax.random.split(key, 6)[0], mix.alpha, mix.alpha)
-        paste = cutmix if mix.method == "cutmix" else saliencymix
-        mixed, corrected = paste(box_keys, images, images[partner], lam_drawn)
+    if mix.method in PASTES:
+        keys = method.step_keys(key)
+        box_keys = jax.random.split(keys["example"], BATCH)
+        lam_drawn = jax.random.beta(keys["lam"], mix.alpha, mix.alpha)
+        mixed, corrected = PASTES[mix.method](box_keys, images, images[partner], lam_drawn)
         np.testing.assert_allclose(out.lam, corrected, rtol=1e-6)
         logits, variables = train_apply(model, variables, mixed)
         return logits, variables["batch_stats"]
-    branch = int(out.branch)
-    if mix.method == "input_mixup" or (mix.method == "alignmixup" and branch == 0):
+    point = int(out.point)
+    if mix.method == "input_mixup" or (mix.method == "alignmixup" and point == 0):
         stage, aligned = "input", False
     elif mix.method == "manifold_mixup":
-        stage, aligned = MANIFOLD_STAGES[branch], False
+        stage, aligned = MANIFOLD_STAGES[point], False
     else:
         stage, aligned = LAST, True
     features = images
@@ -124,6 +130,7 @@ CASES = [
     ("manifold_mixup", {}),
     ("cutmix", {}),
     ("saliencymix", {}),
+    ("resizemix", {}),
     ("alignmix", {"direction": "0"}),
     ("alignmix", {"direction": "1"}),
     ("alignmixup", {"input_prob": 1.0}),
@@ -148,17 +155,69 @@ def test_forward_equals_the_method_rebuilt_by_hand(setup, name, changes):
         assert np.any(partner != np.arange(BATCH))
     np.testing.assert_array_equal(out.partner_labels, np.asarray(labels)[partner])
     if name == "alignmixup":  # the coin: input with probability input_prob
-        assert int(out.branch) == (0 if changes["input_prob"] == 1.0 else 1)
+        assert int(out.point) == (0 if changes["input_prob"] == 1.0 else 1)
     if "direction" in changes:
         assert int(out.direction) == int(changes["direction"])
     lam = np.asarray(out.lam)
     if changes.get("lam_mode") == "example":
         assert len(set(lam.tolist())) == BATCH  # one draw per example
-    elif name not in ("none", "cutmix", "saliencymix"):
+    elif name != "none" and name not in PASTES:
         assert len(set(lam.tolist())) == 1 and 0.0 < lam[0] < 1.0
     logits, batch_stats = by_hand(model, variables, images, labels, out, mix, key)
     np.testing.assert_allclose(out.logits, logits, rtol=1e-5, atol=1e-5)
     assert_close_trees(out.batch_stats, batch_stats)
+
+
+def test_mixing_turned_off_by_a_traced_flag_is_method_none_in_the_same_program(setup):
+    """`mixing` True: the mixed forward; False: method none's (f(x) with its statistics, lam 1,
+    each example its own partner), both from one compiled program."""
+    model, variables, images, labels = setup
+    mix = mix_config("alignmixup", input_prob=0.0)
+    args = (variables["params"], variables["batch_stats"], images, labels, jax.random.key(7))
+    flagged = jax.jit(method.make_mixed_forward(model, mix))
+    on, off = flagged(*args, jnp.asarray(True)), flagged(*args, jnp.asarray(False))
+    assert flagged._cache_size() == 1
+    assert float(on.diagnostics["aligned"]) == 1.0 and int(on.point) == 1
+    logits, batch_stats = by_hand(model, variables, images, labels, on, mix, args[-1])
+    np.testing.assert_allclose(on.logits, logits, rtol=1e-5, atol=1e-5)
+    assert_close_trees(on.batch_stats, batch_stats)
+    logits, plain = train_apply(model, variables, images)
+    np.testing.assert_allclose(off.logits, logits, rtol=1e-5, atol=1e-5)
+    assert_close_trees(off.batch_stats, plain["batch_stats"])
+    np.testing.assert_array_equal(off.lam, np.ones(BATCH))
+    np.testing.assert_array_equal(off.partner, np.arange(BATCH))
+    np.testing.assert_array_equal(off.partner_labels, labels)
+    assert int(off.point) == -1
+    assert all(float(off.diagnostics[name]) == 0.0 for name in method.DIAGNOSTICS)
+
+
+def test_resizemix_pastes_the_partner_shrunk_into_a_box_weighed_by_its_area():
+    """ResizeMix: each mixed image is the image but for one square box inside it, of side
+    floor(tau * 20) with tau ~ U(0.1, 0.8), holding the partner resized to the box; lam is the
+    fraction of pixels kept."""
+    count, side = 256, 20
+    images = jax.random.normal(jax.random.key(0), (count, side, side, 3))
+    partners = jax.random.normal(jax.random.key(1), (count, side, side, 3))
+    keys = jax.random.split(jax.random.key(2), count)
+    mixed, lam = map(np.asarray, jax.jit(method.resize_paste)(keys, images, partners))
+    sides, tops = [], []
+    for example in range(count):
+        changed = np.any(mixed[example] != np.asarray(images[example]), axis=-1)
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        assert len(rows) == len(cols) and changed.sum() == len(rows) * len(cols)  # a square box
+        assert np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        assert lam[example] == pytest.approx(1.0 - len(rows) ** 2 / side**2, abs=1e-6)
+        sides.append(len(rows))
+        tops.append(rows[0])
+        if example < 3:  # its content: the partner resized to the box
+            box = mixed[example, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            shrunk = jax.image.resize(partners[example], box.shape, "linear")
+            np.testing.assert_allclose(box, shrunk, atol=1e-5)
+    sides = np.asarray(sides)
+    assert sides.min() >= 2 and sides.max() <= 16  # floor(20 tau), tau in [0.1, 0.8)
+    # floor(20 tau) with 20 tau ~ U(2, 16): mean 8.5, sd 4.04; the mean of 256 within 4 sd.
+    assert abs(sides.mean() - 8.5) < 4 * 4.04 / np.sqrt(count)
+    assert min(tops) == 0 and np.any(np.asarray(tops) + sides == side)  # boxes reach both ends
 
 
 def test_batch_norm_sees_the_clean_batch_in_the_aligned_branch(setup):
@@ -179,7 +238,9 @@ def test_batch_norm_sees_the_clean_batch_in_the_aligned_branch(setup):
     assert not np.allclose(mixed["batch_stats"]["stem"]["bn"]["var"], stem_clean, rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["input_mixup", "cutmix", "alignmixup", "alignmix"])
+# Gathered partner images with per-example draws (cutmix), and gathered maps (alignmixup, aligned);
+# tests/test_train.py steps every method on 8 devices against 1.
+@pytest.mark.parametrize("name", ["cutmix", "alignmixup"])
 def test_eight_devices_with_global_partners_compute_the_one_device_forward(setup, name):
     model, variables, images, labels = setup
     mix = mix_config(name, input_prob=0.0) if name == "alignmixup" else mix_config(name)
@@ -235,18 +296,28 @@ def test_device_partners_stay_inside_each_shard(setup):
 
 
 def test_the_coins_follow_their_probabilities(setup):
-    """Over 400 keys: the input branch with probability input_prob, a fair direction coin, lam
-    with mean 1/2 (Beta(2, 2))."""
-    model, variables, images, labels = setup
-    mix = mix_config("alignmixup", input_prob=0.25, num_iters=1)
-    forward = method.make_mixed_forward(model, mix)
+    """Over 400 keys: the input point with probability input_prob, a fair direction coin, lam
+    with mean 1/2 (Beta(2, 2)). (The forward mixes at the point its method chooses: above.)"""
+    model = setup[0]
+    spec = method.MixSpec.from_config(mix_config("alignmixup", input_prob=0.25), model)
 
     def draws(key):
-        out = forward(variables["params"], variables["batch_stats"], images, labels, key)
-        return out.branch, out.direction, out.lam[0]
+        drawn = method.Draws(spec, key, BATCH, 0, 1)
+        point = method.METHOD_REGISTRY["alignmixup"](spec, drawn).choice
+        return point, drawn.direction, drawn.lam[0]
 
-    branch, direction, lam = jax.jit(jax.vmap(draws))(jax.random.split(jax.random.key(0), 400))
+    point, direction, lam = jax.jit(jax.vmap(draws))(jax.random.split(jax.random.key(0), 400))
     # Binomial(400, p) stays within 4 standard deviations (sd <= 10) of its mean.
-    assert abs(int(np.sum(branch == 0)) - 100) < 4 * np.sqrt(400 * 0.25 * 0.75)
+    assert abs(int(np.sum(point == 0)) - 100) < 4 * np.sqrt(400 * 0.25 * 0.75)
     assert abs(int(np.sum(direction == 1)) - 200) < 4 * 10
     assert abs(float(np.mean(lam)) - 0.5) < 4 * np.sqrt(0.05 / 400)
+
+
+def test_the_readme_lists_the_registered_methods():
+    """The README's list of methods is `methods_markdown()` of the registry (a new method's line
+    comes from its docstring)."""
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    start = "<!-- generated: alignmix_jax.core.method.methods_markdown() -->\n"
+    listed = readme.split(start)[1].split("<!-- end generated -->")[0]
+    expected = method.methods_markdown()
+    assert listed == expected, f"README.md's methods are out of date; list them as:\n{expected}"

@@ -171,7 +171,7 @@ class OneHost:
         training = training or self.training
         state = jax.tree_util.tree_unflatten(self.treedef, [before[name] for name in self.names])
         batch = parallel.shard_host_batch(self.batch(step) if batch is None else batch, self.mesh)
-        after, metrics = training.step_for(step)(
+        after, metrics = training.train_step(
             parallel.replicate(state, self.mesh), batch, training.base_key
         )
         return step_agreement.leaves(after), jax.device_get(metrics)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignmix_jax.core.method import SinkhornOptions
 from alignmix_jax.core.mixing import mixup
 from alignmix_jax.core.ot import align_mix, sinkhorn_plan
 from alignmix_jax.evaluation import decoder as decoder_lib
@@ -30,13 +31,6 @@ from alignmix_jax.trainer import experiment_config, parallel
 VISUALIZE_DIR = "visualize"
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROW_NAMES = ("input mixup", "feature mixup", "AlignMix dir. 0", "AlignMix dir. 1")
-
-
-def _mix_options(config) -> dict:
-    """Sinkhorn options of the run (``config.mix``), the method's defaults where absent."""
-    mix = config.get("mix") or {}
-    return {"epsilon": mix.get("epsilon", 0.1), "num_iters": mix.get("num_iters", 100),
-            "threshold": mix.get("threshold"), "scale_cost": mix.get("scale_cost", 1.0)}
 
 
 def mixing_rows(decode_fn, encode_fn, image_a, image_b, *, lams=LAMS, mix_options=None):
@@ -276,7 +270,7 @@ def visualize_workdir(
         raise ValueError(f"pairs={pairs} needs {2 * pairs} test images, the split has "
                          f"{len(test_images)}")
 
-    options = _mix_options(config)
+    options = SinkhornOptions.from_config(config.get("mix")).as_kwargs()  # the run's
     feature_size = tuple(jax.eval_shape(encode, variables, test_images[0][None]).shape[1:3])
 
     @jax.jit

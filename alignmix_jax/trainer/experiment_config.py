@@ -16,18 +16,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from alignmix_jax.core.method import METHODS, SinkhornOptions
 from alignmix_jax.models import BATCH_NORM_ALL_DEVICES
 from alignmix_jax.models.common import LAST_STAGE
 
-METHODS = (
-    "none",
-    "input_mixup",
-    "manifold_mixup",
-    "cutmix",
-    "saliencymix",
-    "alignmix",
-    "alignmixup",
-)
 DIRECTIONS = ("random", "0", "1")
 PARTNER_MODES = ("global", "device")
 COIN_MODES = ("shared", "device")
@@ -156,10 +148,11 @@ def default_config(dataset: str = "cifar10", **data_overrides) -> ml_collections
     config.mix = ml_collections.ConfigDict()
     config.mix.method = "alignmixup"
     config.mix.alpha = 2.0
-    config.mix.epsilon = 0.1
-    config.mix.num_iters = 100
-    config.mix.threshold = config_dict.placeholder(float)
-    config.mix.scale_cost = 1.0
+    sinkhorn = SinkhornOptions.default()  # the Sinkhorn defaults: `ot.align_mix`'s
+    config.mix.epsilon = sinkhorn.epsilon
+    config.mix.num_iters = sinkhorn.num_iters
+    config.mix.threshold = config_dict.FieldReference(sinkhorn.threshold, field_type=float)
+    config.mix.scale_cost = sinkhorn.scale_cost
     config.mix.stage = LAST_STAGE
     config.mix.direction = "random"
     config.mix.input_prob = 0.5

@@ -94,8 +94,10 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     mesh: jax.sharding.Mesh,
+    last_mixing_step: int | None = None,
 ) -> Callable:
-    """The jitted data-parallel step `(state, batch, base_key) -> (state, metrics)`.
+    """The jitted data-parallel step `(state, batch, base_key) -> (state, metrics)`; from step
+    number `last_mixing_step + 1` on (None: never) it trains without mixing, in the same program.
 
     BatchNorm statistics are synced over `data` when the model has that `axis_name`; a model
     without one (`batch_norm_group` 1) normalises each device's shard alone, and the state keeps
@@ -113,9 +115,10 @@ def make_train_step(
     def per_device_step(state: TrainState, batch: dict, base_key: jax.Array):
         step_key = jax.random.fold_in(base_key, state.step)
         images, labels = batch["image"], batch["label"]
+        mixing = None if last_mixing_step is None else state.step < last_mixing_step
 
         def loss_fn(params):
-            out = forward(params, state.batch_stats, images, labels, step_key)
+            out = forward(params, state.batch_stats, images, labels, step_key, mixing)
             loss = mixed_cross_entropy(
                 out.logits, labels, out.partner_labels, out.lam, mix_config.label_smoothing
             )
@@ -287,7 +290,7 @@ def run_banner(config, info: data.DatasetInfo, workdir, start_step: int, total_s
 @dataclasses.dataclass(frozen=True)
 class Training:
     """What a run of a config trains with on `mesh` (`build_training`): the model, its schedule and
-    optimizer, the run's length, the base key of every step's draws, and the compiled steps."""
+    optimizer, the run's length, the base key of every step's draws, and the jitted step."""
 
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
@@ -297,10 +300,8 @@ class Training:
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
     total_steps: int
-    last_mixing_step: int
     base_key: jax.Array
-    mixing_step: Callable
-    plain_step: Callable
+    train_step: Callable
 
     def initial_state(self) -> TrainState:
         """The replicated initial state of the config's seed."""
@@ -308,18 +309,13 @@ class Training:
             self.model, self.optimizer, tuple(self.info.image_shape), self.config.seed, self.mesh
         )
 
-    def step_for(self, step: int) -> Callable:
-        """The jitted step (`make_train_step`) that trains step number `step` (1-based): the
-        mixing step through `mix.off_after_epoch`, then the plain one."""
-        return self.mixing_step if step <= self.last_mixing_step else self.plain_step
-
 
 def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Training:
     """The `Training` of a validated `config` on `mesh` (compiles nothing yet)."""
     info = data.get_dataset_info(config.data)
     steps_per_epoch = data.steps_per_epoch(config.data, config.batch_size)
     total_steps = optimization.total_train_steps(config, steps_per_epoch)
-    last_mixing_step = total_steps
+    last_mixing_step = None  # mixing to the end
     if config.mix.off_after_epoch is not None:
         last_mixing_step = int(round(config.mix.off_after_epoch * steps_per_epoch))
     model = models.build_model(
@@ -332,8 +328,6 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         config.optimizer, steps_per_epoch, total_steps
     )
     optimizer = optimization.create_optimizer(config.optimizer, learning_rate_fn)
-    plain_mix = ml_collections.ConfigDict(config.mix.to_dict())
-    plain_mix.method = "none"
     return Training(
         config=config,
         mesh=mesh,
@@ -343,10 +337,10 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         optimizer=optimizer,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
-        last_mixing_step=last_mixing_step,
         base_key=parallel.replicate(jax.random.key(config.seed), mesh),
-        mixing_step=make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh),
-        plain_step=make_train_step(model, plain_mix, optimizer, learning_rate_fn, mesh),
+        train_step=make_train_step(
+            model, config.mix, optimizer, learning_rate_fn, mesh, last_mixing_step
+        ),
     )
 
 
@@ -443,7 +437,7 @@ def train_and_evaluate(
                 waiting_since = time.perf_counter()
                 batch = next(batches)
                 timing.add_step(time.perf_counter() - waiting_since)
-                state, metrics = training.step_for(step)(state, batch, base_key)
+                state, metrics = training.train_step(state, batch, base_key)
                 device_metrics.append(metrics)
                 profile.after(step, state)
                 if first_step_sec is None:
