@@ -142,6 +142,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     mesh: jax.sharding.Mesh,
+    normalisation: data.Normalisation | None = None,
 ) -> Callable:
     """The jitted data-parallel step `(state, batch, base_key) -> (state, metrics)`.
 
@@ -150,17 +151,19 @@ def make_train_step(
     device 0's running statistics, as `DataParallel` keeps replica 0's.
 
     `state` replicated; `batch` {"image": (B, H, W, C), "label": (B,)} sharded over `data` (B the
-    global batch); `base_key` a replicated key. The step key is `fold_in(base_key, state.step)`,
-    the same on every device, so a resumed run draws exactly what an uninterrupted one would.
-    `state` is donated. Metrics (replicated scalars): loss (the mean mixed loss of the global
-    batch), lam (its mean label weight), learning_rate, finite (loss and new parameters free
+    global batch), made model input by `data.model_input(batch, normalisation)` (uint8 images,
+    on-device augmentation; float model input with `normalisation` None); `base_key` a
+    replicated key. The step key is `fold_in(base_key, state.step)`, the same on every device,
+    so a resumed run draws exactly what an uninterrupted one would. `state` is donated.
+    Metrics (replicated scalars): loss (the mean mixed loss of the global batch), lam (its
+    mean label weight), learning_rate, finite (loss and new parameters free
     of NaN and infinity), and the alignment diagnostics `method.DIAGNOSTICS` (device means).
     """
     forward = method.make_mixed_forward(model, mix_config, DATA_AXIS)
 
     def per_device_step(state: TrainState, batch: dict, base_key: jax.Array):
         step_key = jax.random.fold_in(base_key, state.step)
-        images, labels = batch["image"], batch["label"]
+        images, labels = data.model_input(batch, normalisation), batch["label"]
 
         def loss_fn(params):
             out = forward(params, state.batch_stats, images, labels, step_key)
@@ -201,15 +204,20 @@ def make_train_step(
     return jax.jit(sharded_step, donate_argnums=(0,))
 
 
-def make_eval_step(model: models.StagedClassifier, extra: Callable | None = None) -> Callable:
+def make_eval_step(
+    model: models.StagedClassifier,
+    extra: Callable | None = None,
+    normalisation: data.Normalisation | None = None,
+) -> Callable:
     """The jitted eval step `(variables, batch, key) -> (sums, per_example)` of every evaluation
     (the trainer's and `evaluation.report`'s).
 
     `variables` {"params", "batch_stats"} replicated; `batch` {"image": (B, H, W, C), "label":
     (B,), "mask": (B,)} sharded over `data` (jit partitions the step; eval-mode BatchNorm has no
-    collective); `key` for what `extra` draws. `sums`: {"count", "correct1", "correct5"}, sums
-    over the examples with mask 1 (top-5 is top-min(5, K)), and the sums `extra` adds;
-    `per_example`: `extra`'s per-example outputs ({} without it).
+    collective), its images made model input as in `make_train_step`; `key` for what `extra`
+    draws. `sums`: {"count", "correct1", "correct5"}, sums over the examples with mask 1 (top-5
+    is top-min(5, K)), and the sums `extra` adds; `per_example`: `extra`'s per-example
+    outputs ({} without it).
     `extra(variables, logits_fn, logits, intermediates, batch, key) -> (sums, per_example)`, with
     `logits_fn(images) -> logits` the eval-mode model, computes further metrics in the same step.
     """
@@ -218,6 +226,7 @@ def make_eval_step(model: models.StagedClassifier, extra: Callable | None = None
         def logits_fn(images):
             return model.apply(variables, images, train=False)[0]
 
+        batch = {**batch, "image": data.model_input(batch, normalisation)}
         logits, intermediates = model.apply(variables, batch["image"], train=False)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -607,8 +616,12 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         total_steps=total_steps,
         last_mixing_step=last_mixing_step,
         base_key=parallel.replicate(jax.random.key(config.seed), mesh),
-        mixing_step=make_train_step(model, config.mix, optimizer, learning_rate_fn, mesh),
-        plain_step=make_train_step(model, plain_mix, optimizer, learning_rate_fn, mesh),
+        mixing_step=make_train_step(
+            model, config.mix, optimizer, learning_rate_fn, mesh, info.normalisation
+        ),
+        plain_step=make_train_step(
+            model, plain_mix, optimizer, learning_rate_fn, mesh, info.normalisation
+        ),
     )
 
 
@@ -684,7 +697,7 @@ def train_and_evaluate(
                               num_params, mesh))
     logger.message(f"Compilation cache: {cache_dir or 'off'}")
 
-    eval_step = make_eval_step(training.model)
+    eval_step = make_eval_step(training.model, normalisation=training.info.normalisation)
     batches = data.prefetch_to_mesh(
         data.make_train_iterator(
             config.data, config.batch_size, seed=config.seed, start_step=start_step
