@@ -299,6 +299,24 @@ def test_tiny_imagenet_builder_reads_the_official_layout(tiny_imagenet_config):
 
 
 
+def test_record_sources_crop_while_decoding(tiny_imagenet_config):
+    """ImageNet-style training on per-record data: the crop is made while decoding, equal to
+    the crop of the decoded image, and the batch carries the on-device parameters."""
+    config = tiny_imagenet_config.copy_and_resolve_references()
+    config.augment = "imagenet"
+    source = sources.training_examples(resolve_spec(config))
+    params = augment.draw_params(np.random.default_rng(0), "imagenet", 6, 32)
+    cropped, labels = source.read_cropped(np.arange(6), params, 32)
+    images, expected_labels, _ = source.read(np.arange(6))
+    expected = [augment.imagenet_crop_resize(image, augment.param_row(params, k), 32)
+                for k, image in enumerate(images)]
+    np.testing.assert_array_equal(cropped, np.stack(expected))
+    np.testing.assert_array_equal(labels, expected_labels)
+    batch = next(data.make_train_iterator(config, 12, seed=0))
+    assert batch["image"].dtype == np.uint8 and batch["image"].shape == (12, 64, 64, 3)
+    assert batch["augment"].shape == (12, device_transform.AUGMENT_WIDTH)
+
+
 def test_record_datasets_take_subsets_and_joined_slices(tiny_imagenet_config):
     """Per-record (tfds_records) data: a per-class subset of a stratified slice, and two splits
     joined by '+', read through the same rows as the whole splits."""

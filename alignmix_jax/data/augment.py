@@ -75,6 +75,17 @@ def random_crop_flip(images: np.ndarray, offset: np.ndarray, flip: np.ndarray, p
     return out
 
 
+def param_row(params: dict, row: int) -> dict:
+    """The parameters of example `row` of `params` (a dict of arrays with leading axis n)."""
+    return {key: value[row] for key, value in params.items()}
+
+
+def decode(encoded: bytes, channels: int) -> np.ndarray:
+    """An encoded image (JPEG, PNG, ...) -> (H, W, channels) uint8, channels 1 or 3."""
+    with Image.open(io.BytesIO(encoded)) as pil_image:
+        return _from_pil(pil_image.convert("L" if channels == 1 else "RGB"), channels)
+
+
 def _to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
@@ -158,8 +169,8 @@ def decode_crop_resize(encoded: bytes, params: dict, image_size: int, channels: 
             pil_image.draft(mode, (-(-width // reduction), -(-height // reduction)))
         scale_x, scale_y = pil_image.size[0] / width, pil_image.size[1] / height
         box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
-        converted = pil_image.convert(mode)
-    return _from_pil(_crop_resize(converted, box, image_size), channels)
+        converted = pil_image if pil_image.mode == mode else pil_image.convert(mode)
+        return _from_pil(_crop_resize(converted, box, image_size), channels)
 
 
 def imagenet_train_transform(image: np.ndarray, params: dict, image_size: int) -> np.ndarray:

@@ -166,20 +166,11 @@ def _host_layout(global_batch_size, process_index, process_count) -> tuple[int, 
 
 
 def _preprocess(spec, source, images, params, boxes):
-    """Augments on the host (per `params`; none when empty) what stays there, one host batch.
-
-    `images` is (n, S, S, C) uint8 or, for variable-size sources, a list of (H_i, W_i, C) uint8;
-    returns (uint8 (n, S, S, C), boxes (n, 4) moved with the test-time crop or None, and the
-    packed on-device parameters float32 (n, 10) of ImageNet-style training or None).
-    """
+    """Crops and flips on the host (per `params`; none when empty) one host batch of `images`
+    (n, S, S, C) uint8 or, for variable-size sources, a list of (H_i, W_i, C) uint8; returns
+    (uint8 (n, S, S, C), boxes (n, 4) moved with the test-time crop or None). ImageNet-style
+    training does not come here: sources crop while reading (`read_cropped`)."""
     size = spec.image_size
-    if params and spec.augment == "imagenet":
-        rows = [{key: value[k] for key, value in params.items()} for k in range(len(images))]
-        cropped = [
-            augment.imagenet_crop_resize(image, row, size)
-            for image, row in zip(images, rows, strict=True)
-        ]
-        return np.stack(cropped), None, device_transform.pack_params(params)
     if source.variable_size:
         boxes = [None] * len(images) if boxes is None else boxes
         pairs = [
@@ -191,7 +182,7 @@ def _preprocess(spec, source, images, params, boxes):
     if params:
         pad = augment.crop_padding(spec.augment, size)
         images = augment.random_crop_flip(images, params["offset"], params["flip"], pad)
-    return images, boxes, None
+    return images, boxes
 
 
 def _concatenate(examples: list[dict]) -> dict:
@@ -281,12 +272,13 @@ def make_train_iterator(
         first = step_in_epoch * global_batch_size
         indices = permutation(epoch)[first : first + global_batch_size][host_rows][rows]
         params = augment.slice_params(params_at(step), rows)
+        if spec.augment == "imagenet":
+            images, labels = source.read_cropped(indices, params, spec.image_size)
+            packed = device_transform.pack_params(params)
+            return {"image": images, "label": labels, device_transform.AUGMENT_KEY: packed}
         images, labels, _ = source.read(indices)
-        images, _, packed = _preprocess(spec, source, images, params, None)
-        batch = {"image": images, "label": labels}
-        if packed is not None:
-            batch[device_transform.AUGMENT_KEY] = packed
-        return batch
+        images, _ = _preprocess(spec, source, images, params, None)
+        return {"image": images, "label": labels}
 
     return _stream(batch_at, int(start_step), MAX_STEPS, host_batch, source)
 
@@ -323,7 +315,7 @@ def make_eval_iterator(
         positions = np.arange(first, first + host_batch)[rows]
         real = positions < num_examples
         images, labels, boxes = source.read(np.where(real, positions, 0))
-        images, boxes, _ = _preprocess(spec, source, images, {}, boxes)
+        images, boxes = _preprocess(spec, source, images, {}, boxes)
         out = {"image": images, "label": labels, "mask": real.astype(np.float32)}
         if with_boxes:
             out["bbox"] = boxes
