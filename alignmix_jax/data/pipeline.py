@@ -267,6 +267,10 @@ def make_train_iterator(
         params = augment.draw_params(rng, spec.augment, global_batch_size, spec.image_size)
         return augment.slice_params(params, host_rows)
 
+    @functools.lru_cache(maxsize=8)
+    def packed_at(step: int) -> np.ndarray:
+        return device_transform.pack_params(params_at(step))
+
     def batch_at(step: int, rows: slice) -> dict[str, np.ndarray]:
         epoch, step_in_epoch = divmod(step, num_steps)
         first = step_in_epoch * global_batch_size
@@ -274,7 +278,7 @@ def make_train_iterator(
         params = augment.slice_params(params_at(step), rows)
         if spec.augment == "imagenet":
             images, labels = source.read_cropped(indices, params, spec.image_size)
-            packed = device_transform.pack_params(params)
+            packed = packed_at(step)[rows]
             return {"image": images, "label": labels, device_transform.AUGMENT_KEY: packed}
         images, labels, _ = source.read(indices)
         images, _ = _preprocess(spec, source, images, params, None)
