@@ -62,6 +62,12 @@ def test_model_input_is_deterministic_and_normalises_plain_batches():
     plain = np.asarray(step({"image": images}, NORMALISATION))
     expected = (images / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     np.testing.assert_allclose(plain, expected, atol=1e-5)
+    # bitwise what the host pipelines computed before, whatever the compiler fuses
+    std = np.asarray(IMAGENET_STD, np.float32)
+    host = images.astype(np.float32)
+    host *= np.float32(1.0 / 255.0) / std
+    host += -np.asarray(IMAGENET_MEAN, np.float32) / std
+    np.testing.assert_array_equal(plain, host)
 
 
 def test_model_input_rejects_float_images_and_bad_parameters():

@@ -6,7 +6,10 @@ send, per image, the flip, colour-jitter and lighting parameters they drew with
 `pack_params` as float32 rows under the batch key "augment". `model_input` applies them and the
 normalisation in the arithmetic of `augment.imagenet_train_transform` (same parameters, same image
 to float32 rounding) with elementwise operations only (no matmul, whose precision is
-backend-dependent), so the result is a deterministic function of the batch.
+backend-dependent). The uint8 -> float32 maps (the normalisation of unaugmented batches, the [0, 1]
+scale of augmented ones) are 256-entry tables computed in NumPy and looked up on the device: the
+values do not depend on how a compiler fuses or contracts the step (one host or many, CPU or GPU),
+and they equal what the host pipelines computed before.
 """
 
 from __future__ import annotations
@@ -88,6 +91,23 @@ def augment_unit(images: jnp.ndarray, packed: jnp.ndarray) -> jnp.ndarray:
     return images
 
 
+def _lookup(images: jnp.ndarray, table: np.ndarray) -> jnp.ndarray:
+    """`table (C, 256)` float32 at each uint8 value of `images (B, H, W, C)`, per channel."""
+    channels = np.arange(images.shape[-1])
+    return jnp.asarray(table)[channels, images.astype(jnp.int32)]
+
+
+def normalisation_table(normalisation: Normalisation) -> np.ndarray:
+    """(C, 256) float32: `(v / 255 - mean) / std` of each uint8 value v per channel, rounded as
+    the host pipelines did (v * (1/255 / std), then + (-mean / std), each in float32)."""
+    std = np.asarray(normalisation.std, np.float32)[:, None]
+    shift = (-np.asarray(normalisation.mean, np.float32) / std[:, 0])[:, None]
+    values = np.broadcast_to(np.arange(256, dtype=np.float32), (len(std), 256)).copy()
+    values *= np.float32(1.0 / 255.0) / std
+    values += shift
+    return values
+
+
 def _check_batch(batch: dict, normalisation: Normalisation | None) -> None:
     images = batch["image"]
     if normalisation is None:
@@ -124,11 +144,11 @@ def model_input(batch: dict, normalisation: Normalisation | None) -> jnp.ndarray
     images = batch["image"]
     if normalisation is None:
         return images
-    std = np.asarray(normalisation.std, np.float32)
-    shift = -np.asarray(normalisation.mean, np.float32) / std
     packed = batch.get(AUGMENT_KEY)
     if packed is None:
-        return images.astype(jnp.float32) * (np.float32(1.0 / 255.0) / std) + shift
-    unit = images.astype(jnp.float32) * np.float32(1.0 / 255.0)
+        return _lookup(images, normalisation_table(normalisation))
+    unit_table = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
+    unit = _lookup(images, np.broadcast_to(unit_table, (images.shape[-1], 256)))
     unit = augment_unit(unit, packed.astype(jnp.float32))
-    return unit * (np.float32(1.0) / std) + shift
+    std = np.asarray(normalisation.std, np.float32)
+    return unit * (np.float32(1.0) / std) + (-np.asarray(normalisation.mean, np.float32) / std)
