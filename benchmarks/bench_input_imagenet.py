@@ -1,127 +1,216 @@
-"""Images/s per CPU core of ImageNet training input: JPEG decoding and the train transform.
+"""Images/s per CPU core of ImageNet training input: ours against a tf.data anchor, same JPEGs.
 
-    python benchmarks/bench_input_imagenet.py                 # 1 and 2 workers (this machine)
-    python benchmarks/bench_input_imagenet.py --workers 1,4,8,16 --images 512
+    python benchmarks/bench_input_imagenet.py                 # 1 and 2 cores (this machine)
+    python benchmarks/bench_input_imagenet.py --cores 1,4,8,16 --images 512
 
-Writes `--images` synthetic ImageNet-sized JPEGs (500x375 RGB, quality 90, smooth shapes plus
-grain, about the size of an ImageNet file) to a temporary folder. Each batch decodes its JPEGs
-with PIL (as tfds does without OpenCV) and applies `augment.imagenet_train_transform`
-(RandomResizedCrop 224 + flip + colour jitter 0.4 + PCA lighting 0.1) and the normalisation,
-with parameters from `augment.draw_params`, as the project's `RecordSource` pipeline does.
+Writes `--images` ImageNet-sized JPEGs (500x375, quality 90) cut from the two photographs that
+scikit-learn ships (`load_sample_images`: a temple in China and a flower): each a random 4:3
+window of 375-427 rows, resized to 500x375 and mirrored at random, so the files hold real
+photographic detail at about ImageNet's scale and file size.
 
-Two ways to spread batches over cores, both through grain: threads in one process
-(`ReadOptions(num_threads=k)`, what `data.make_train_iterator` uses) and worker processes
-(`mp_prefetch(MultiprocessingOptions(num_workers=k))`, one thread each). For each, images/s and
-images/s per worker after a warm-up; then the cores needed to feed one H100 training ResNet-50 in
-bfloat16 (about 3,000 images/s). A single-thread breakdown (decode alone, transform alone) comes
-first. Prints a table and one JSON line.
+Ours is the host half of `data.make_train_iterator` for ImageNet-style training: one image per
+grain element (`augment.decode_crop_resize`: RandomResizedCrop 224 with JPEG DCT-scaled decoding
+where the crop allows it; parameters from `augment.draw_params`) then batching, the flip, colour
+jitter and lighting packed as float32 rows (`device_transform.pack_params`) for the device, and
+the batch sent as uint8. The anchor is the Flax ImageNet example's input: `tf.data` over the same
+JPEG bytes, `sample_distorted_bounding_box` (area 0.08-1, ratio 3/4-4/3, 10 attempts, centre crop
+otherwise) + `decode_and_crop_jpeg` + bicubic resize 224 + random flip + normalisation, batched,
+`num_parallel_calls=AUTOTUNE`, prefetched. A third row, "previous", is this project's host
+pipeline before the device transform: full decoding, RandomResizedCrop + flip + colour jitter +
+PCA lighting + normalisation in float32 NumPy on the host, float32 batches.
+
+Per core means with the process pinned (`os.sched_setaffinity`) to that many CPUs, in a fresh
+process per case; "images/s per core" in the JSON line is each pipeline's best over the core counts
+(on a busy 2-core machine, the 1-core row). The pipelines are measured in turns, `--rounds` times,
+after a warm-up; medians are reported. Before that, a single-thread breakdown: full decoding, ours'
+decode + crop, the previous host transform after full decoding (crop, flip, jitter, lighting in
+float32 NumPy). Prints a table, the cores one H100 (ResNet-50, bf16, about 3,000 images/s) and one
+8-GPU host need, and one JSON line.
 """
 
 import argparse
-import io
+import functools
 import json
 import os
 import pathlib
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import grain
 import numpy as np
-from absl import flags
 from PIL import Image
 
 from alignmix_jax import cli
-from alignmix_jax.data import augment
+from alignmix_jax.data import augment, device_transform
 from alignmix_jax.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SIZE = 224
 JPEG_SHAPE = (375, 500)  # (height, width): ImageNet's most common size
 JPEG_QUALITY = 90
 H100_RESNET50_IMAGES_PER_S = 3000
-WARMUP_BATCHES = 2
+GPUS_PER_HOST = 8
+WARMUP_BATCHES = 3
 
 
-def write_jpegs(folder: pathlib.Path, count: int) -> list[pathlib.Path]:
-    """`count` synthetic photos: smooth random colour fields (upsampled noise) plus fine grain,
-    so that JPEG spends its bits as on real images."""
+def photo_jpegs(count: int) -> list[bytes]:
+    """`count` JPEGs (500x375, quality 90) cut from scikit-learn's two sample photographs."""
+    import io
+
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images  # two (427, 640, 3) uint8
     rng = np.random.default_rng(0)
     height, width = JPEG_SHAPE
-    paths = []
+    encoded = []
     for k in range(count):
-        coarse = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
-        grain_noise = rng.normal(0.0, 16.0, (height, width, 3))
-        pixels = np.clip(smooth + grain_noise, 0, 255).astype(np.uint8)
-        path = folder / f"{k:05d}.jpg"
-        Image.fromarray(pixels).save(path, quality=JPEG_QUALITY)
-        paths.append(path)
-    return paths
+        photo = photos[k % len(photos)]
+        rows = int(rng.integers(height, photo.shape[0] + 1))
+        cols = round(rows * width / height)
+        top = int(rng.integers(0, photo.shape[0] - rows + 1))
+        left = int(rng.integers(0, photo.shape[1] - cols + 1))
+        window = Image.fromarray(photo[top : top + rows, left : left + cols])
+        window = window.resize((width, height), Image.BILINEAR)
+        if rng.uniform() < 0.5:
+            window = window.transpose(Image.FLIP_LEFT_RIGHT)
+        buffer = io.BytesIO()
+        window.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        encoded.append(buffer.getvalue())
+    return encoded
 
 
 def decode(encoded: bytes) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8."""
+    """JPEG bytes -> (H, W, 3) uint8, full size."""
+    import io
+
     with Image.open(io.BytesIO(encoded)) as image:
         return np.asarray(image.convert("RGB"))
 
 
-class TrainBatch:
-    """Batch `step` of the stream: its JPEGs decoded, augmented and normalised, float32
-    `(batch, 224, 224, 3)`. A picklable callable, so grain's worker processes can run it."""
+class OurExample:
+    """Element `position` of our stream: image `position % len(encoded)` cropped and resized to
+    uint8 (1, 224, 224, 3), with its packed on-device parameters (1, 10), drawn per batch of
+    `batch` as `data.make_train_iterator` draws them. Picklable, for grain."""
+
+    def __init__(self, encoded: list[bytes], batch: int):
+        self.encoded, self.batch = encoded, batch
+
+    def __call__(self, position: int) -> dict:
+        step, row = divmod(position, self.batch)
+        params = _params(step, self.batch)
+        params_row = {key: value[row] for key, value in params.items()}
+        image = augment.decode_crop_resize(
+            self.encoded[position % len(self.encoded)], params_row, IMAGE_SIZE, 3
+        )
+        return {"image": image[None], "augment": _packed(step, self.batch)[row : row + 1]}
+
+
+@functools.lru_cache(maxsize=8)
+def _params(step: int, batch: int) -> dict:
+    """The parameters of batch `step`, drawn once per batch (as `data.make_train_iterator`)."""
+    return augment.draw_params(np.random.default_rng(step), "imagenet", batch, IMAGE_SIZE)
+
+
+@functools.lru_cache(maxsize=8)
+def _packed(step: int, batch: int) -> np.ndarray:
+    """The on-device parameters of batch `step`, packed once per batch."""
+    return device_transform.pack_params(_params(step, batch))
+
+
+class PreviousExample:
+    """Element `position` of the previous host pipeline: full decoding, the whole train transform
+    in float32 NumPy (`augment.imagenet_train_transform`) and the normalisation on the host,
+    float32 (1, 224, 224, 3), as `data.make_train_iterator` made it before the device transform."""
 
     def __init__(self, encoded: list[bytes], batch: int):
         self.encoded, self.batch = encoded, batch
         self.scale = (1.0 / np.asarray(IMAGENET_STD, np.float32)).astype(np.float32)
         self.shift = -np.asarray(IMAGENET_MEAN, np.float32) * self.scale
 
-    def __call__(self, step: int) -> np.ndarray:
-        rng = np.random.default_rng(step)
-        params = augment.draw_params(rng, "imagenet", self.batch, IMAGE_SIZE)
-        out = np.empty((self.batch, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
-        for row in range(self.batch):
-            image = decode(self.encoded[(step * self.batch + row) % len(self.encoded)])
-            params_row = {key: value[row] for key, value in params.items()}
-            out[row] = augment.imagenet_train_transform(image, params_row, IMAGE_SIZE)
-        out *= self.scale
-        out += self.shift
-        return out
+    def __call__(self, position: int) -> dict:
+        step, row = divmod(position, self.batch)
+        params_row = augment.param_row(_params(step, self.batch), row)
+        image = decode(self.encoded[position % len(self.encoded)])
+        unit = augment.imagenet_train_transform(image, params_row, IMAGE_SIZE)
+        return {"image": (unit * self.scale + self.shift)[None]}
 
 
-def stream(batches: TrainBatch, num_batches: int, mode: str, workers: int):
-    """grain iterator over `num_batches` batches on `workers` threads or worker processes."""
-    dataset = grain.MapDataset.range(num_batches).map(batches)
-    if mode == "threads":
-        options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * workers)
-        return iter(dataset.to_iter_dataset(options))
-    per_worker = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
-    processes = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
-    return iter(dataset.to_iter_dataset(per_worker).mp_prefetch(processes))
+def _concatenate(examples: list[dict]) -> dict:
+    return {key: np.concatenate([example[key] for example in examples]) for key in examples[0]}
 
 
-def images_per_s(batches: TrainBatch, num_batches: int, mode: str, workers: int) -> dict:
-    """Images/s over `num_batches` batches after WARMUP_BATCHES (worker start-up excluded)."""
-    start = time.perf_counter()
-    iterator = stream(batches, WARMUP_BATCHES + num_batches, mode, workers)
+def grain_stream(example, batch: int, threads: int):
+    """A host pipeline: one image per grain element on `threads` threads, then batches."""
+    examples = grain.MapDataset.range(10**12).map(example)
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+    return iter(examples.to_iter_dataset(options).batch(batch, batch_fn=_concatenate))
+
+
+def tfdata_stream(encoded: list[bytes], batch: int):
+    """The Flax ImageNet example's train preprocessing, as a tf.data pipeline over `encoded`."""
+    import tensorflow as tf
+
+    mean = tf.constant([255.0 * m for m in IMAGENET_MEAN], shape=[1, 1, 3])
+    std = tf.constant([255.0 * s for s in IMAGENET_STD], shape=[1, 1, 3])
+
+    def center_crop(image_bytes, shape):
+        side = tf.cast(
+            (IMAGE_SIZE / (IMAGE_SIZE + 32)) * tf.cast(tf.minimum(shape[0], shape[1]), tf.float32),
+            tf.int32,
+        )
+        top, left = (shape[0] - side + 1) // 2, (shape[1] - side + 1) // 2
+        return tf.image.decode_and_crop_jpeg(image_bytes, [top, left, side, side], channels=3)
+
+    def distorted_crop(image_bytes, shape):
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+            min_object_covered=0.1,
+            aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+            area_range=(0.08, 1.0),
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        top, left, _ = tf.unstack(begin)
+        height, width, _ = tf.unstack(size)
+        return tf.image.decode_and_crop_jpeg(image_bytes, [top, left, height, width], channels=3)
+
+    def preprocess(image_bytes):
+        shape = tf.io.extract_jpeg_shape(image_bytes)
+        image = distorted_crop(image_bytes, shape)
+        bad = tf.reduce_all(tf.equal(tf.shape(image), shape))  # the whole image: centre-crop
+        image = tf.cond(bad, lambda: center_crop(image_bytes, shape), lambda: image)
+        image = tf.image.resize([image], [IMAGE_SIZE, IMAGE_SIZE], method="bicubic")[0]
+        image = tf.image.random_flip_left_right(image)
+        return (image - mean) / std
+
+    dataset = tf.data.Dataset.from_tensor_slices(encoded).repeat()
+    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(dataset.as_numpy_iterator())
+
+
+def images_per_s(make_stream, batch: int, num_batches: int) -> float:
+    """Images/s of `make_stream()` over `num_batches` batches after WARMUP_BATCHES."""
+    iterator = make_stream()
     for _ in range(WARMUP_BATCHES):
         next(iterator)
-    startup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(num_batches):
         next(iterator)
-    rate = num_batches * batches.batch / (time.perf_counter() - start)
-    iterator.close()  # stops the threads or worker processes
-    return {
-        "mode": mode,
-        "workers": workers,
-        "images_per_s": round(rate, 1),
-        "images_per_s_per_worker": round(rate / workers, 1),
-        "startup_s": round(startup_s, 2),
-    }
+    rate = num_batches * batch / (time.perf_counter() - start)
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+    return rate
 
 
 def single_thread_breakdown(encoded: list[bytes], count: int) -> dict:
-    """ms per image (median of 3 passes over `count` images): decoding alone, and decoding plus
-    the train transform."""
+    """ms per image (median of 3 passes over `count` images): full decoding; ours (decode at
+    reduced size where the crop allows + crop-resize to uint8); the previous host transform
+    after full decoding (crop-resize, flip, jitter, lighting in float32 NumPy)."""
     params = augment.draw_params(np.random.default_rng(0), "imagenet", count, IMAGE_SIZE)
     rows = [{key: value[k] for key, value in params.items()} for k in range(count)]
     decoded = [decode(encoded[k % len(encoded)]) for k in range(count)]
@@ -133,86 +222,162 @@ def single_thread_breakdown(encoded: list[bytes], count: int) -> dict:
             for k in range(count):
                 work(k)
             times.append((time.perf_counter() - start) / count)
-        return 1e3 * statistics.median(times)
+        return round(1e3 * statistics.median(times), 3)
 
-    decode_ms = ms_per_image(lambda k: decode(encoded[k % len(encoded)]))
-    transform_ms = ms_per_image(
-        lambda k: augment.imagenet_train_transform(decoded[k], rows[k], IMAGE_SIZE)
-    )
-    return {"decode_ms": round(decode_ms, 2), "transform_ms": round(transform_ms, 2)}
+    return {
+        "decode_ms": ms_per_image(lambda k: decode(encoded[k % len(encoded)])),
+        "ours_decode_crop_ms": ms_per_image(
+            lambda k: augment.decode_crop_resize(encoded[k % len(encoded)], rows[k], IMAGE_SIZE, 3)
+        ),
+        "previous_transform_ms": ms_per_image(
+            lambda k: augment.imagenet_train_transform(decoded[k], rows[k], IMAGE_SIZE)
+        ),
+        "reduced_decodes": sum(
+            min(augment._random_resized_box(*JPEG_SHAPE, row)[2:]) >= 2 * IMAGE_SIZE
+            for row in rows
+        ) / count,
+    }
+
+
+PIPELINES = {"ours": OurExample, "previous": PreviousExample}
+
+
+def measure(pipeline: str, folder: str, batch: int, num_batches: int, cpus: list[int]) -> float:
+    """Images/s of `pipeline` ("ours" or "tfdata") over the JPEGs in `folder`, in a fresh
+    process pinned to `cpus` (so that every thread either pipeline starts runs there)."""
+    command = [sys.executable, __file__, "--measure", pipeline, "--folder", folder,
+               "--batch", str(batch), "--batches", str(num_batches),
+               "--cores", ",".join(map(str, cpus))]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def measure_here(args) -> None:
+    """The child of `measure`: pins itself, runs one case, prints its images/s."""
+    os.sched_setaffinity(0, args.cores)
+    files = sorted(pathlib.Path(args.folder).glob("*.jpg"))
+    encoded = [path.read_bytes() for path in files]
+    if args.measure in PIPELINES:
+        example = PIPELINES[args.measure](encoded, args.batch)
+        make = functools.partial(grain_stream, example, args.batch, 2 * len(args.cores))
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        make = functools.partial(tfdata_stream, encoded, args.batch)
+    print(images_per_s(make, args.batch, args.batches))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256, help="synthetic JPEGs (>= 1)")
+    parser.add_argument("--images", type=int, default=256, help="JPEGs (>= 1)")
     parser.add_argument("--batch", type=int, default=32, help="images per batch (>= 1)")
     parser.add_argument("--batches", type=int, default=16, help="timed batches per case (>= 1)")
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
-    parser.add_argument("--modes", default="threads,processes")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each case (>= 1)")
+    parser.add_argument("--cores", default="1,2", help="comma-separated core counts")
+    parser.add_argument("--measure", choices=[*PIPELINES, "tfdata"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for name in ("images", "batch", "batches"):
+    for name in ("images", "batch", "batches", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     try:
-        args.workers = [int(w) for w in args.workers.split(",")]
+        args.cores = [int(c) for c in args.cores.split(",")]
     except ValueError:
-        parser.error(f"--workers: expected comma-separated ints, got {args.workers!r}")
-    if min(args.workers) < 1:
-        parser.error(f"--workers: each count must be >= 1, got {args.workers}")
-    args.modes = args.modes.split(",")
-    if not set(args.modes) <= {"threads", "processes"}:
-        parser.error(f"--modes: expected threads and/or processes, got {args.modes}")
+        parser.error(f"--cores: expected comma-separated ints, got {args.cores!r}")
+    if args.measure:  # a child of `measure`: --cores lists the CPUs to pin to
+        return args
+    available = sorted(os.sched_getaffinity(0))
+    if min(args.cores) < 1 or max(args.cores) > len(available):
+        parser.error(f"--cores: each count must be in 1..{len(available)}, got {args.cores}")
+    args.cpus = available
     return args
 
 
 def main() -> None:
-    cli.configure_runtime()  # before JAX starts its backend
     args = parse_args()
-    flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags (defaults here)
-    with tempfile.TemporaryDirectory(prefix="bench_input_imagenet_") as folder:
-        paths = write_jpegs(pathlib.Path(folder), args.images)
-        encoded = [path.read_bytes() for path in paths]
+    if args.measure:
+        measure_here(args)
+        return
+    cli.configure_runtime()  # before JAX starts its backend
+    encoded = photo_jpegs(args.images)
     mean_kib = statistics.fmean(len(e) for e in encoded) / 1024
+    load_before = os.getloadavg()
     breakdown = single_thread_breakdown(encoded, min(args.images, 64))
-    batches = TrainBatch(encoded, args.batch)
-    rows = [
-        images_per_s(batches, args.batches, mode, workers)
-        for mode in args.modes
-        for workers in args.workers
-    ]
-    best_per_core = max(row["images_per_s_per_worker"] for row in rows)
-    cores_needed = H100_RESNET50_IMAGES_PER_S / best_per_core
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_input_imagenet_") as folder:
+        for k, jpeg in enumerate(encoded):
+            pathlib.Path(folder, f"{k:05d}.jpg").write_bytes(jpeg)
+        rates = {
+            (name, cores): [] for cores in args.cores for name in ("ours", "tfdata", "previous")
+        }
+        for _ in range(args.rounds):  # in turns, so that a change of load hits both
+            for name, cores in rates:
+                rates[name, cores].append(
+                    measure(name, folder, args.batch, args.batches, args.cpus[:cores])
+                )
+    for (name, cores), values in rates.items():
+        rate = statistics.median(values)
+        rows.append({
+            "pipeline": name,
+            "cores": cores,
+            "images_per_s": round(rate, 1),
+            "images_per_s_per_core": round(rate / cores, 1),
+            "rounds": [round(v, 1) for v in values],
+        })
+    per_core = {
+        name: max(r["images_per_s_per_core"] for r in rows if r["pipeline"] == name)
+        for name in ("ours", "tfdata", "previous")
+    }
+    cores_h100 = {name: H100_RESNET50_IMAGES_PER_S / rate for name, rate in per_core.items()}
+    batch_1024 = {
+        "float32_mb": 1024 * IMAGE_SIZE**2 * 3 * 4 / 1e6,
+        "uint8_mb": (1024 * IMAGE_SIZE**2 * 3 + 1024 * device_transform.AUGMENT_WIDTH * 4) / 1e6,
+    }
     print(
-        f"\nImageNet train input: {JPEG_SHAPE[1]}x{JPEG_SHAPE[0]} JPEG q{JPEG_QUALITY} "
-        f"({mean_kib:.0f} KiB mean) -> decode + RandomResizedCrop {IMAGE_SIZE} + flip + jitter "
-        f"+ lighting + normalise; {os.cpu_count()} CPUs here"
+        f"\nImageNet train input: {len(encoded)} JPEGs {JPEG_SHAPE[1]}x{JPEG_SHAPE[0]} "
+        f"q{JPEG_QUALITY} cut from scikit-learn's sample photographs ({mean_kib:.0f} KiB mean); "
+        f"{len(args.cpus)} CPUs here, load average {load_before[0]:.2f} before"
     )
     print(
-        f"single thread: decode {breakdown['decode_ms']:.2f} ms/image, transform "
-        f"{breakdown['transform_ms']:.2f} ms/image\n"
+        f"single thread: full decode {breakdown['decode_ms']:.2f} ms/image; ours decode + crop "
+        f"{breakdown['ours_decode_crop_ms']:.2f} ms (reduced-size decoding for "
+        f"{100 * breakdown['reduced_decodes']:.0f}% of crops); previous host transform after "
+        f"decoding {breakdown['previous_transform_ms']:.2f} ms\n"
     )
-    print("| mode | workers | images/s | images/s per worker | start-up s |\n|---|---|---|---|---|")
+    print("| pipeline | cores | images/s | images/s per core | rounds |\n|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['mode']} | {row['workers']} | {row['images_per_s']:.0f} "
-            f"| {row['images_per_s_per_worker']:.0f} | {row['startup_s']:.2f} |"
+            f"| {row['pipeline']} | {row['cores']} | {row['images_per_s']:.0f} "
+            f"| {row['images_per_s_per_core']:.0f} | {row['rounds']} |"
         )
     print(
-        f"\n{H100_RESNET50_IMAGES_PER_S} images/s (one H100, ResNet-50, bf16) needs about "
-        f"{cores_needed:.1f} cores at the best per-worker rate ({best_per_core:.0f} images/s)."
+        f"\nOne H100 (ResNet-50, bf16, {H100_RESNET50_IMAGES_PER_S} images/s) needs "
+        f"{cores_h100['ours']:.1f} cores with ours, {cores_h100['tfdata']:.1f} with tf.data, "
+        f"{cores_h100['previous']:.1f} with the previous pipeline; an {GPUS_PER_HOST}-GPU host "
+        f"{GPUS_PER_HOST * cores_h100['ours']:.0f}, {GPUS_PER_HOST * cores_h100['tfdata']:.0f} "
+        f"and {GPUS_PER_HOST * cores_h100['previous']:.0f}. A batch of 1024 crosses to the device "
+        f"as {batch_1024['uint8_mb']:.0f} MB (uint8 + parameters), not "
+        f"{batch_1024['float32_mb']:.0f} MB (float32)."
     )
     print(
         json.dumps(
             {
                 "benchmark": "input_imagenet",
-                "cpu_count": os.cpu_count(),
+                "cpu_count": len(args.cpus),
+                "load_average_before": round(load_before[0], 2),
                 "jpeg_shape": list(JPEG_SHAPE),
                 "jpeg_mean_kib": round(mean_kib, 1),
                 "batch": args.batch,
                 "batches": args.batches,
                 "single_thread": breakdown,
                 "rows": rows,
-                "cores_for_3000_images_per_s": round(cores_needed, 1),
+                "ours_images_per_sec_per_core": per_core["ours"],
+                "tfdata_images_per_sec_per_core": per_core["tfdata"],
+                "previous_images_per_sec_per_core": per_core["previous"],
+                "cores_per_h100": {k: round(v, 1) for k, v in cores_h100.items()},
+                "cores_per_8_gpu_host": {
+                    k: round(GPUS_PER_HOST * v, 1) for k, v in cores_h100.items()
+                },
+                "batch_1024_mb": {k: round(v, 1) for k, v in batch_1024.items()},
             }
         )
     )

@@ -24,7 +24,14 @@ from ml_collections import config_flags
 from PIL import Image
 
 from alignmix_jax import data
-from alignmix_jax.data import augment, image_folder, sources, splits, tfds_source
+from alignmix_jax.data import (
+    augment,
+    device_transform,
+    image_folder,
+    sources,
+    splits,
+    tfds_source,
+)
 from alignmix_jax.data.base import ArraySource
 from alignmix_jax.data.config import TFDS_SOURCES, resolve_spec
 from alignmix_jax.trainer import experiment_config
@@ -62,9 +69,14 @@ def folder_config(root, **overrides):
 
 
 def image_ids(batch, info):
-    """Reads the ids back from normalised images of the id folder (no augmentation)."""
-    pixels = (batch["image"][:, 0, 0, 0] * info.std[0] + info.mean[0]) * 255.0
-    return np.rint(pixels / ID_STEP).astype(int)
+    """Reads the ids back from the uint8 images of the id folder (no augmentation)."""
+    assert batch["image"].dtype == np.uint8
+    return np.rint(batch["image"][:, 0, 0, 0] / ID_STEP).astype(int)
+
+
+def model_input(batch, info):
+    """The float32 model input the steps make of a host batch (normalised on the device)."""
+    return np.asarray(data.model_input(batch, info.normalisation))
 
 
 def take(iterator, count):
@@ -85,8 +97,10 @@ def test_digits_fixed_split_and_shapes():
     expected = load_digits().target[np.random.default_rng(0).permutation(1797)[1437:]]
     labels = np.concatenate([b["label"] for b in batches])[:360]
     np.testing.assert_array_equal(labels, expected)
-    pixels = np.concatenate([b["image"] for b in batches])[:360] * info.std[0] + info.mean[0]
-    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.max() > 0.9
+    pixels = np.concatenate([b["image"] for b in batches])[:360]
+    assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() > 230
+    unit = model_input(batches[0], info) * info.std[0] + info.mean[0]
+    np.testing.assert_allclose(unit, batches[0]["image"] / 255.0, atol=1e-6)
 
 
 def test_train_stream_is_deterministic_for_a_seed():
@@ -98,7 +112,7 @@ def test_train_stream_is_deterministic_for_a_seed():
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
     assert not np.array_equal(first[0]["image"], other[0]["image"])
-    assert first[0]["image"].dtype == np.float32 and first[0]["label"].dtype == np.int32
+    assert first[0]["image"].dtype == np.uint8 and first[0]["label"].dtype == np.int32
 
 
 def test_resume_at_step_equals_uninterrupted_stream_across_epochs():
@@ -193,7 +207,11 @@ def test_imagenet_augmentation_is_deterministic_and_bounded(id_folder):
     first = next(data.make_train_iterator(config, 8, seed=2))
     again = next(data.make_train_iterator(config, 8, seed=2))
     np.testing.assert_array_equal(first["image"], again["image"])
-    assert first["image"].shape == (8, 8, 8, 1) and np.isfinite(first["image"]).all()
+    assert first["image"].shape == (8, 8, 8, 1) and first["image"].dtype == np.uint8
+    # flip, jitter and lighting travel with the batch, as drawn for (seed, step) on the host
+    drawn = augment.draw_params(np.random.default_rng([1, 2, 0]), "imagenet", 8, 8)
+    np.testing.assert_array_equal(first["augment"], device_transform.pack_params(drawn))
+    assert np.isfinite(model_input(first, data.get_dataset_info(config))).all()
     rgb = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     params = augment.draw_params(np.random.default_rng(3), "imagenet", 1, 24)
     row = {key: value[0] for key, value in params.items()}
@@ -272,13 +290,31 @@ def test_tiny_imagenet_builder_reads_the_official_layout(tiny_imagenet_config):
     assert (info.num_train, info.num_eval) == (12, 6)
     assert info.class_names == ("n01", "n02", "n03") and info.image_shape == (64, 64, 3)
     (batch,) = list(data.make_eval_iterator(config, 6))
-    grey = (batch["image"][:, 32, 32] * np.array(info.std) + np.array(info.mean)) * 255
+    grey = (model_input(batch, info)[:, 32, 32] * np.array(info.std) + np.array(info.mean)) * 255
     expected = np.repeat(60 * (batch["label"][:, None] + 1), 3, axis=1)
     np.testing.assert_allclose(grey, expected, atol=3)
     train = next(data.make_train_iterator(config, 12, seed=0))
     assert train["image"].shape == (12, 64, 64, 3)
     assert sorted(np.bincount(train["label"])) == [4, 4, 4]
 
+
+
+def test_record_sources_crop_while_decoding(tiny_imagenet_config):
+    """ImageNet-style training on per-record data: the crop is made while decoding, equal to
+    the crop of the decoded image, and the batch carries the on-device parameters."""
+    config = tiny_imagenet_config.copy_and_resolve_references()
+    config.augment = "imagenet"
+    source = sources.training_examples(resolve_spec(config))
+    params = augment.draw_params(np.random.default_rng(0), "imagenet", 6, 32)
+    cropped, labels = source.read_cropped(np.arange(6), params, 32)
+    images, expected_labels, _ = source.read(np.arange(6))
+    expected = [augment.imagenet_crop_resize(image, augment.param_row(params, k), 32)
+                for k, image in enumerate(images)]
+    np.testing.assert_array_equal(cropped, np.stack(expected))
+    np.testing.assert_array_equal(labels, expected_labels)
+    batch = next(data.make_train_iterator(config, 12, seed=0))
+    assert batch["image"].dtype == np.uint8 and batch["image"].shape == (12, 64, 64, 3)
+    assert batch["augment"].shape == (12, device_transform.AUGMENT_WIDTH)
 
 
 def test_record_datasets_take_subsets_and_joined_slices(tiny_imagenet_config):
@@ -590,9 +626,10 @@ def test_cifar10_jpeg_archive(shared_data):
     root = image_folder.image_folder_root(resolve_spec(config))
     airplanes = os.path.join(root, "test", "airplane")
     with Image.open(os.path.join(airplanes, sorted(os.listdir(airplanes))[0])) as image:
-        decoded = np.asarray(image.convert("RGB"), np.float32) / 255.0
-    expected = (decoded - np.array(info.mean)) / np.array(info.std)
-    np.testing.assert_allclose(first["image"][0], expected, atol=1e-5)
+        decoded = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(first["image"][0], decoded)
+    expected = (decoded / 255.0 - np.array(info.mean)) / np.array(info.std)
+    np.testing.assert_allclose(model_input(first, info)[0], expected, atol=1e-5)
 
 
 def test_the_smoke_archive_is_an_image_folder_written_once(tmp_path):
@@ -686,7 +723,7 @@ def test_paper_configs_normalise_like_the_official_code(name, fake_rgb_source, t
     assert info.mean == (0.4914, 0.4822, 0.4465) and info.std == (0.2023, 0.1994, 0.2010)
     pixels = fake_rgb_source(info.image_shape[0]) / 255.0
     expected = (pixels - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
-    np.testing.assert_allclose(batch["image"], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model_input(batch, info), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_normalisation_override_from_the_command_line(fake_rgb_source, tmp_path):
@@ -701,7 +738,7 @@ def test_normalisation_override_from_the_command_line(fake_rgb_source, tmp_path)
     info, batch = normalised_batch(config.data, tmp_path)
     assert info.std == (0.5, 0.25, 0.125) and info.mean == data.OFFICIAL_CIFAR_MEAN
     expected = (fake_rgb_source(32) / 255.0 - np.array(info.mean)) / np.array(info.std)
-    np.testing.assert_allclose(batch["image"], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model_input(batch, info), expected, rtol=1e-6, atol=1e-6)
     # the dataset's own default (the true std of CIFAR-10's pixels) without the override
     info, _ = normalised_batch(data.default_data_config("cifar10"), tmp_path)
     assert info.std == data.DATASETS["cifar10"].std == (0.2470, 0.2435, 0.2616)

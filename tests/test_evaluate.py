@@ -76,8 +76,10 @@ def test_calibration_errors_equal_a_direct_computation(trained_workdir, results)
     workdir, _ = trained_workdir
     config, model, variables, _ = trained_run.load_for_eval(workdir, "best")
     confidences, correct = [], []
+    normalisation = data.get_dataset_info(config.data).normalisation
     for batch in data.make_eval_iterator(config.data, 120):
-        logits = np.asarray(model.apply(variables, batch["image"])[0], np.float64)
+        images = data.model_input(batch, normalisation)
+        logits = np.asarray(model.apply(variables, images)[0], np.float64)
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)
         real = batch["mask"] > 0

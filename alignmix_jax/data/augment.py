@@ -7,6 +7,7 @@ therefore the same whatever the number of hosts.
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -74,6 +75,17 @@ def random_crop_flip(images: np.ndarray, offset: np.ndarray, flip: np.ndarray, p
     return out
 
 
+def param_row(params: dict, row: int) -> dict:
+    """The parameters of example `row` of `params` (a dict of arrays with leading axis n)."""
+    return {key: value[row] for key, value in params.items()}
+
+
+def decode(encoded: bytes, channels: int) -> np.ndarray:
+    """An encoded image (JPEG, PNG, ...) -> (H, W, channels) uint8, channels 1 or 3."""
+    with Image.open(io.BytesIO(encoded)) as pil_image:
+        return _from_pil(pil_image.convert("L" if channels == 1 else "RGB"), channels)
+
+
 def _to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
@@ -128,17 +140,46 @@ def _color_jitter(image: np.ndarray, factors: np.ndarray, order: np.ndarray) -> 
     return image
 
 
-def imagenet_train_transform(image: np.ndarray, params: dict, image_size: int) -> np.ndarray:
-    """RandomResizedCrop(image_size) + flip + colour jitter 0.4 + PCA lighting 0.1 of one
-    `image (H, W, C) uint8` -> float32 (image_size, image_size, C) on the [0, 1] scale."""
+def _crop_resize(pil_image: Image.Image, box: tuple[float, float, float, float], image_size: int):
+    return pil_image.resize((image_size, image_size), Image.BILINEAR, box=box)
+
+
+def imagenet_crop_resize(image: np.ndarray, params: dict, image_size: int) -> np.ndarray:
+    """The RandomResizedCrop(image_size) of one `image (H, W, C) uint8` by `params` (one row of
+    `draw_params(..., "imagenet", ...)`) -> (image_size, image_size, C) uint8. Flip, jitter and
+    lighting are applied on the device (`device_transform`)."""
     height, width, channels = image.shape
     top, left, crop_h, crop_w = _random_resized_box(height, width, params)
-    resized = _to_pil(image).resize(
-        (image_size, image_size),
-        Image.BILINEAR,
-        box=(left, top, left + crop_w, top + crop_h),
-    )
-    out = _from_pil(resized, channels).astype(np.float32) * (1.0 / 255.0)
+    box = (left, top, left + crop_w, top + crop_h)
+    return _from_pil(_crop_resize(_to_pil(image), box, image_size), channels)
+
+
+def decode_crop_resize(encoded: bytes, params: dict, image_size: int, channels: int) -> np.ndarray:
+    """`imagenet_crop_resize` of one JPEG (or any PIL-readable) image given as bytes, decoding at
+    1/2, 1/4 or 1/8 size (JPEG DCT scaling, `Image.draft`) where the crop keeps at least
+    `image_size` pixels per side at that size -> (image_size, image_size, channels) uint8."""
+    with Image.open(io.BytesIO(encoded)) as pil_image:
+        width, height = pil_image.size
+        top, left, crop_h, crop_w = _random_resized_box(height, width, params)
+        reduction = 1
+        while reduction < 8 and min(crop_h, crop_w) >= 2 * reduction * image_size:
+            reduction *= 2
+        mode = "L" if channels == 1 else "RGB"
+        if reduction > 1:
+            pil_image.draft(mode, (-(-width // reduction), -(-height // reduction)))
+        scale_x, scale_y = pil_image.size[0] / width, pil_image.size[1] / height
+        box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
+        converted = pil_image if pil_image.mode == mode else pil_image.convert(mode)
+        return _from_pil(_crop_resize(converted, box, image_size), channels)
+
+
+def imagenet_train_transform(image: np.ndarray, params: dict, image_size: int) -> np.ndarray:
+    """RandomResizedCrop(image_size) + flip + colour jitter 0.4 + PCA lighting 0.1 of one
+    `image (H, W, C) uint8` -> float32 (image_size, image_size, C) on the [0, 1] scale, all on
+    the host: the reference that `device_transform.augment_unit` after `imagenet_crop_resize`
+    reproduces to float32 rounding (tests/test_device_transform.py)."""
+    channels = image.shape[-1]
+    out = imagenet_crop_resize(image, params, image_size).astype(np.float32) * (1.0 / 255.0)
     if params["flip"]:
         out = out[:, ::-1]
     out = _color_jitter(out, params["jitter"], params["jitter_order"])

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from alignmix_jax.data import augment
+
 STATS_CHUNK = 1 << 22  # pixels per chunk when computing channel statistics
 
 
@@ -40,7 +42,7 @@ class DatasetMetadata:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArraySource:
-    """Examples in memory: `images (N, S, S, C)` uint8 (or float32 on [0, 1]), `labels (N,)`."""
+    """Examples in memory: `images (N, S, S, C)` uint8, `labels (N,)`."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -53,6 +55,16 @@ class ArraySource:
     def read(self, indices: np.ndarray):
         """Returns (images (n, S, S, C), labels (n,) int32, None) of the examples at `indices`."""
         return self.images[indices], self.labels[indices], None
+
+    def read_cropped(self, indices: np.ndarray, params: dict, image_size: int):
+        """Returns (images (n, image_size, image_size, C) uint8 cropped and resized by
+        `augment.imagenet_crop_resize` with the rows of `params`, labels (n,) int32)."""
+        crops = [
+            augment.imagenet_crop_resize(self.images[index], augment.param_row(params, k),
+                                         image_size)
+            for k, index in enumerate(indices)
+        ]
+        return np.stack(crops), self.labels[indices]
 
     def take(self, rows: np.ndarray) -> ArraySource:
         """The examples at `rows (n,)`, in that order, copied into one array."""

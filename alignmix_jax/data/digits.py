@@ -1,7 +1,8 @@
 """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), upsampled; no download at all.
 
-The fixed `train` (1,437) / `test` (360) split is a permutation with seed 0; images are float32
-on [0, 1], shape (S, S, 1) for `image_size` S.
+The fixed `train` (1,437) / `test` (360) split is a permutation with seed 0; images are uint8
+(the 17 grey levels upsampled bilinearly, then rounded to 0..255), shape (S, S, 1) for
+`image_size` S.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _splits(image_size: int) -> dict[str, ArraySource]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = augment.bilinear_upsample(digits.images / 16.0, image_size)[..., None]
+    upsampled = augment.bilinear_upsample(digits.images * (255.0 / 16.0), image_size)[..., None]
+    images = np.clip(np.round(upsampled), 0, 255).astype(np.uint8)
     order = np.random.default_rng(0).permutation(len(images))
     split_rows = {"train": order[:NUM_TRAIN], "test": order[NUM_TRAIN:]}
     labels = digits.target.astype(np.int32)

@@ -25,7 +25,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alignmix_jax.data import augment, sources
+from alignmix_jax.data import augment, device_transform, sources
 from alignmix_jax.data.base import ArraySource
 from alignmix_jax.data.config import DataSpec, resolve_spec
 
@@ -34,6 +34,9 @@ AUGMENTATION_STREAM = 1
 MAX_STEPS = 2**62
 RECORD_THREADS = 16
 ARRAY_THREADS = 2
+# Batches grain holds ready on the host, whatever its thread count (at ImageNet scale one uint8
+# batch of 1024 is 154 MB; the device-side `prefetch_to_mesh` holds 2 more).
+PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,11 @@ class DatasetInfo:
     has_boxes: bool
     class_names: tuple[str, ...]
     location: str  # where the examples are read from, in words
+
+    @property
+    def normalisation(self) -> device_transform.Normalisation:
+        """What `model_input` normalises the pipelines' uint8 images with."""
+        return device_transform.Normalisation(self.mean, self.std)
 
 
 def _location(spec: DataSpec) -> str:
@@ -157,36 +165,12 @@ def _host_layout(global_batch_size, process_index, process_count) -> tuple[int, 
     return process_index, process_count, global_batch_size // process_count
 
 
-class _Normalizer:
-    """Maps images on the uint8 (or [0, 1] float) scale to (x - mean) / std, float32."""
-
-    def __init__(self, spec: DataSpec):
-        mean, std = sources.normalisation(spec)
-        self.std = np.asarray(std, np.float32)
-        self.shift = -np.asarray(mean, np.float32) / self.std
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        unit_scale = np.float32(1.0 / 255.0) if images.dtype == np.uint8 else np.float32(1.0)
-        normalised = images.astype(np.float32)
-        normalised *= unit_scale / self.std
-        normalised += self.shift
-        return normalised
-
-
-def _preprocess(spec, source, normalize, images, params, boxes):
-    """Augments (per `params`; none when empty) and normalises one host batch.
-
-    `images` is (n, S, S, C) or, for variable-size sources, a list of (H_i, W_i, C); returns
-    (float32 (n, S, S, C), boxes (n, 4) moved with the test-time crop, or None).
-    """
+def _preprocess(spec, source, images, params, boxes):
+    """Crops and flips on the host (per `params`; none when empty) one host batch of `images`
+    (n, S, S, C) uint8 or, for variable-size sources, a list of (H_i, W_i, C) uint8; returns
+    (uint8 (n, S, S, C), boxes (n, 4) moved with the test-time crop or None). ImageNet-style
+    training does not come here: sources crop while reading (`read_cropped`)."""
     size = spec.image_size
-    if params and spec.augment == "imagenet":
-        rows = [{key: value[k] for key, value in params.items()} for k in range(len(images))]
-        unit = [
-            augment.imagenet_train_transform(image, row, size)
-            for image, row in zip(images, rows, strict=True)
-        ]
-        return normalize(np.stack(unit)), None
     if source.variable_size:
         boxes = [None] * len(images) if boxes is None else boxes
         pairs = [
@@ -198,12 +182,35 @@ def _preprocess(spec, source, normalize, images, params, boxes):
     if params:
         pad = augment.crop_padding(spec.augment, size)
         images = augment.random_crop_flip(images, params["offset"], params["flip"], pad)
-    return normalize(images), boxes
+    return images, boxes
 
 
-def _read_options(source) -> grain.ReadOptions:
-    threads = ARRAY_THREADS if isinstance(source, ArraySource) else RECORD_THREADS
-    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+def _concatenate(examples: list[dict]) -> dict:
+    return {key: np.concatenate([example[key] for example in examples]) for key in examples[0]}
+
+
+def _stream(rows_at, first: int, stop: int, host_batch: int, source) -> Iterator[dict]:
+    """Host batches `rows_at(b, slice(None))` for b in [first, stop), in order, made in grain's
+    background threads. In-memory sources: one batch per grain element, ARRAY_THREADS threads,
+    PREFETCH_BATCHES ready. Decoding sources: one image per element (`rows_at(b, slice(k, k +
+    1))`), RECORD_THREADS threads over RECORD_THREADS images in flight, then batched, so the
+    host holds about one batch however many threads decode."""
+    if isinstance(source, ArraySource):
+        batches = grain.MapDataset.range(first, stop).map(lambda b: rows_at(b, slice(None)))
+        options = grain.ReadOptions(
+            num_threads=ARRAY_THREADS, prefetch_buffer_size=PREFETCH_BATCHES
+        )
+        return iter(batches.to_iter_dataset(options))
+    stop = min(stop, MAX_STEPS // host_batch)
+
+    def example_at(position: int) -> dict:
+        batch, row = divmod(position, host_batch)
+        return rows_at(batch, slice(row, row + 1))
+
+    examples = grain.MapDataset.range(first * host_batch, stop * host_batch).map(example_at)
+    options = grain.ReadOptions(num_threads=RECORD_THREADS, prefetch_buffer_size=RECORD_THREADS)
+    batches = examples.to_iter_dataset(options).batch(host_batch, batch_fn=_concatenate)
+    return iter(batches)
 
 
 class _Permutations:
@@ -235,8 +242,11 @@ def make_train_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite training stream of host-local batches, starting at batch `start_step`.
 
-    Yields {"image": float32 (host_batch, H, W, C) normalised and augmented,
-    "label": int32 (host_batch,)}, host_batch = global_batch_size // process_count. Epoch-exact
+    Yields {"image": uint8 (host_batch, H, W, C) cropped (and, but for ImageNet-style
+    augmentation, flipped), "label": int32 (host_batch,)} and, with `augment` "imagenet",
+    "augment": float32 (host_batch, 10), the flip, colour jitter and lighting that
+    `device_transform.model_input` applies with the normalisation inside the step;
+    host_batch = global_batch_size // process_count. Epoch-exact
     (each epoch a fresh permutation from (seed, epoch), remainder dropped) and deterministic given
     `seed`; host `process_index` reads only its disjoint share of each global batch.
     """
@@ -248,23 +258,33 @@ def make_train_iterator(
     process_index, _, host_batch = _host_layout(global_batch_size, process_index, process_count)
     num_steps = steps_per_epoch(data_config, global_batch_size)
     source = sources.training_examples(spec)
-    normalize = _Normalizer(spec)
     permutation = _Permutations(int(seed), len(source))
     host_rows = slice(process_index * host_batch, (process_index + 1) * host_batch)
 
-    def batch_at(step: int) -> dict[str, np.ndarray]:
-        epoch, step_in_epoch = divmod(step, num_steps)
-        first = step_in_epoch * global_batch_size
-        indices = permutation(epoch)[first : first + global_batch_size][host_rows]
+    @functools.lru_cache(maxsize=8)
+    def params_at(step: int) -> dict:
         rng = np.random.default_rng([AUGMENTATION_STREAM, int(seed), step])
         params = augment.draw_params(rng, spec.augment, global_batch_size, spec.image_size)
-        params = augment.slice_params(params, host_rows)
+        return augment.slice_params(params, host_rows)
+
+    @functools.lru_cache(maxsize=8)
+    def packed_at(step: int) -> np.ndarray:
+        return device_transform.pack_params(params_at(step))
+
+    def batch_at(step: int, rows: slice) -> dict[str, np.ndarray]:
+        epoch, step_in_epoch = divmod(step, num_steps)
+        first = step_in_epoch * global_batch_size
+        indices = permutation(epoch)[first : first + global_batch_size][host_rows][rows]
+        params = augment.slice_params(params_at(step), rows)
+        if spec.augment == "imagenet":
+            images, labels = source.read_cropped(indices, params, spec.image_size)
+            packed = packed_at(step)[rows]
+            return {"image": images, "label": labels, device_transform.AUGMENT_KEY: packed}
         images, labels, _ = source.read(indices)
-        images, _ = _preprocess(spec, source, normalize, images, params, None)
+        images, _ = _preprocess(spec, source, images, params, None)
         return {"image": images, "label": labels}
 
-    stream = grain.MapDataset.range(int(start_step), MAX_STEPS).map(batch_at)
-    return iter(stream.to_iter_dataset(_read_options(source)))
+    return _stream(batch_at, int(start_step), MAX_STEPS, host_batch, source)
 
 
 def make_eval_iterator(
@@ -278,7 +298,8 @@ def make_eval_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """One ordered pass over `split` (default `eval_split`), test-time preprocessing only.
 
-    Yields {"image": float32 (host_batch, H, W, C), "label": int32 (host_batch,), "mask": float32
+    Yields {"image": uint8 (host_batch, H, W, C) (normalised on the device by
+    `device_transform.model_input`), "label": int32 (host_batch,), "mask": float32
     (host_batch,) 1 real / 0 padding} and, with `with_boxes`, "bbox": float32 (host_batch, 4)
     (ymin, xmin, ymax, xmax) on [0, 1] of the preprocessed image. The last global batch is padded.
     """
@@ -291,23 +312,21 @@ def make_eval_iterator(
     process_index, _, host_batch = _host_layout(global_batch_size, process_index, process_count)
     field = "data.eval_split" if split is None else "split"
     source = sources.load_split(spec, spec.eval_split if split is None else split, field=field)
-    normalize = _Normalizer(spec)
     num_examples = len(source)
 
-    def batch_at(batch: int) -> dict[str, Any]:
+    def batch_at(batch: int, rows: slice) -> dict[str, Any]:
         first = batch * global_batch_size + process_index * host_batch
-        positions = np.arange(first, first + host_batch)
+        positions = np.arange(first, first + host_batch)[rows]
         real = positions < num_examples
         images, labels, boxes = source.read(np.where(real, positions, 0))
-        images, boxes = _preprocess(spec, source, normalize, images, {}, boxes)
+        images, boxes = _preprocess(spec, source, images, {}, boxes)
         out = {"image": images, "label": labels, "mask": real.astype(np.float32)}
         if with_boxes:
             out["bbox"] = boxes
         return out
 
     num_batches = math.ceil(num_examples / global_batch_size)
-    stream = grain.MapDataset.range(num_batches).map(batch_at)
-    return iter(stream.to_iter_dataset(_read_options(source)))
+    return _stream(batch_at, 0, num_batches, host_batch, source)
 
 
 def prefetch_to_mesh(iterator, mesh: jax.sharding.Mesh, size: int = 2):

@@ -39,32 +39,38 @@ DOWNLOAD_PROBE_SEC = 10  # one connection attempt to each download host before t
 class RecordSource:
     """Rows of one or more tfds data sources, decoded record by record.
 
-    `data_sources` are tfds random-access sources; `index (n, 2)` lists (source, row) per example.
+    `data_sources` are tfds random-access sources whose images are left encoded
+    (`SkipDecoding`): they are decoded here, with PIL, as tfds would without OpenCV, or cropped
+    while decoding (`read_cropped`); `index (n, 2)` lists (source, row) per example.
     """
 
-    def __init__(self, data_sources, index, image_size, variable_size, box_key):
+    def __init__(self, data_sources, index, image_size, variable_size, box_key, channels):
         self._data_sources = list(data_sources)
         self._index = np.asarray(index, np.int64).reshape(-1, 2)
         self._image_size = image_size
         self.variable_size = variable_size
         self.has_boxes = box_key is not None
         self._box_key = box_key
+        self._channels = channels
+
+    def _like(self, data_sources, index) -> RecordSource:
+        return RecordSource(
+            data_sources, index, self._image_size, self.variable_size, self._box_key,
+            self._channels,
+        )
 
     @classmethod
-    def of(cls, data_source, image_size, variable_size, box_key) -> RecordSource:
-        """Every record of `data_source`, in order."""
+    def of(cls, data_source, image_size, variable_size, box_key, channels) -> RecordSource:
+        """Every record of `data_source` (images left encoded), in order."""
         index = np.stack([np.zeros(len(data_source), np.int64), np.arange(len(data_source))], 1)
-        return cls([data_source], index, image_size, variable_size, box_key)
+        return cls([data_source], index, image_size, variable_size, box_key, channels)
 
     def __len__(self) -> int:
         return len(self._index)
 
     def take(self, rows: np.ndarray) -> RecordSource:
         """The examples at `rows (n,)`, in that order (nothing is read)."""
-        return RecordSource(
-            self._data_sources, self._index[rows], self._image_size, self.variable_size,
-            self._box_key,
-        )
+        return self._like(self._data_sources, self._index[rows])
 
     @staticmethod
     def concatenate(parts: list[RecordSource]) -> RecordSource:
@@ -73,11 +79,7 @@ class RecordSource:
         for part in parts:
             indices.append(part._index + np.array([len(sources), 0]))
             sources += part._data_sources
-        first = parts[0]
-        return RecordSource(
-            sources, np.concatenate(indices), first._image_size, first.variable_size,
-            first._box_key,
-        )
+        return parts[0]._like(sources, np.concatenate(indices))
 
     def _records(self, indices: np.ndarray) -> list:
         records = [None] * len(indices)
@@ -95,7 +97,7 @@ class RecordSource:
         """Returns (images, labels (n,) int32, boxes (n, 4) float32 or None) at `indices`; images
         is a list of (H_i, W_i, C) uint8 arrays for variable-size data, else (n, S, S, C) uint8."""
         records = self._records(np.asarray(indices))
-        images = [record["image"] for record in records]
+        images = [augment.decode(record["image"], self._channels) for record in records]
         if not self.variable_size:
             images = augment.resize_images(np.stack(images), self._image_size)
         labels = np.array([record["label"] for record in records], np.int32)
@@ -103,6 +105,20 @@ class RecordSource:
         if self.has_boxes:
             boxes = np.stack([np.asarray(r[self._box_key], np.float32) for r in records])
         return images, labels, boxes
+
+    def read_cropped(self, indices: np.ndarray, params: dict, image_size: int):
+        """Returns (images (n, image_size, image_size, C) uint8, labels (n,) int32): the
+        RandomResizedCrop of each example by the rows of `params`, decoded at reduced size where
+        the crop allows (`augment.decode_crop_resize`)."""
+        records = self._records(np.asarray(indices))
+        crops = [
+            augment.decode_crop_resize(
+                record["image"], augment.param_row(params, k), image_size, self._channels
+            )
+            for k, record in enumerate(records)
+        ]
+        labels = np.array([record["label"] for record in records], np.int32)
+        return np.stack(crops), labels
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -316,10 +332,18 @@ def _record_chunks(data_source):
 def read_split(spec: DataSpec, name: str) -> ArraySource | RecordSource:
     """The whole split `name`: in memory (resized to `image_size`) for small datasets, a
     `RecordSource` for the ones decoded per record."""
-    data_source = prepared_builder(spec).as_data_source(split=name)
+    builder = prepared_builder(spec)
     if spec.defaults.source == "tfds_records":
+        import tensorflow_datasets as tfds
+
+        decoders = {"image": tfds.decode.SkipDecoding()}
+        data_source = builder.as_data_source(split=name, decoders=decoders)
         box_key = "bbox" if spec.defaults.has_boxes else None
-        return RecordSource.of(data_source, spec.image_size, spec.defaults.variable_size, box_key)
+        channels = int(builder.info.features["image"].shape[-1])
+        return RecordSource.of(
+            data_source, spec.image_size, spec.defaults.variable_size, box_key, channels
+        )
+    data_source = builder.as_data_source(split=name)
     images, labels = [], []
     for records in _record_chunks(data_source):
         images.append(np.stack([record["image"] for record in records]))

@@ -248,8 +248,9 @@ def visualize_workdir(
 
         def epoch_batches(epoch):
             for host_batch in data.make_eval_iterator(config.data, batch_size, split=train_split):
+                images = np.asarray(data.model_input(host_batch, info.normalisation))
                 batch = parallel.shard_host_batch(
-                    {"image": host_batch["image"], "mask": host_batch["mask"]}, mesh)
+                    {"image": images, "mask": host_batch["mask"]}, mesh)
                 yield {**batch, "features": encode(replicated, batch["image"])}
 
         decoder = decoder_lib.FeatureDecoder(image_shape=image_shape)
@@ -263,7 +264,8 @@ def visualize_workdir(
 
     test_images = []
     for host_batch in data.make_eval_iterator(config.data, max(2 * pairs, 2)):
-        test_images.extend(host_batch["image"][np.asarray(host_batch["mask"]) > 0])
+        images = np.asarray(data.model_input(host_batch, info.normalisation))
+        test_images.extend(images[np.asarray(host_batch["mask"]) > 0])
         if len(test_images) >= 2 * pairs:
             break
     if len(test_images) < 2 * pairs:

@@ -267,6 +267,7 @@ def evaluate_workdir(
         beyond_accuracy(
             model, mean=mean, std=std, image_size=tuple(info.image_shape[:2]), settings=settings
         ),
+        normalisation=info.normalisation,
     )
     localization = {"count": 0, "gt_known": 0, "top1_loc": 0}
     overlay = {"images": [], "cams": [], "boxes": [], "gt_boxes": [], "titles": []}
@@ -289,14 +290,14 @@ def evaluate_workdir(
             )
             localization = {key: localization[key] + counts[key] for key in localization}
         for row in np.nonzero(mask)[0][: settings.num_overlays - len(overlay["images"])]:
-            overlay["images"].append(host_batch["image"][row] * std + mean)
+            overlay["images"].append(host_batch["image"][row] / np.float32(255.0))
             overlay["cams"].append(local_cams[row])
             overlay["boxes"].append(wsol.cam_to_box(local_cams[row], settings.cam_threshold))
             overlay["gt_boxes"].append(host_batch["bbox"][row] if use_wsol else None)
             overlay["titles"].append(f"label {labels[row]} / pred {local_predictions[row]}")
 
     totals = eval_loop.run_eval_pass(
-            eval_step,
+        eval_step,
         parallel.replicate(variables, mesh),
         data.make_eval_iterator(config.data, batch_size, split=settings.split, with_boxes=use_wsol),
         mesh,

@@ -7,32 +7,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alignmix_jax import models
+from alignmix_jax import data, models
 from alignmix_jax.trainer import parallel
 
 MODEL_INPUTS = ("image", "label", "mask")
 
 
 def make_eval_step(
-    model: models.StagedClassifier, extra_metrics: Callable | None = None
+    model: models.StagedClassifier,
+    extra_metrics: Callable | None = None,
+    normalisation: data.Normalisation | None = None,
 ) -> Callable:
     """The jitted eval step `(variables, batch, key) -> (sums, per_example)` of every evaluation
     (the trainer's and `evaluation.report`'s).
 
     `variables` {"params", "batch_stats"} replicated; `batch` {"image": (B, H, W, C), "label":
     (B,), "mask": (B,)} sharded over `data` (jit partitions the step; eval-mode BatchNorm has no
-    collective); `key` for what `extra_metrics` draws. `sums`: {"count", "correct1", "correct5"},
+    collective), its images made model input by `data.model_input(batch, normalisation)` as in the
+    train step; `key` for what `extra_metrics` draws. `sums`: {"count", "correct1", "correct5"},
     sums over the examples with mask 1 (top-5 is top-min(5, K)), and the sums `extra_metrics` adds;
     `per_example`: `extra_metrics`'s per-example outputs ({} without it).
     `extra_metrics(variables, logits_fn, logits, intermediates, batch, key) -> (sums,
-    per_example)`, with
-    `logits_fn(images) -> logits` the eval-mode model, computes further metrics in the same step.
+    per_example)`, with `logits_fn(images) -> logits` the eval-mode model and `batch["image"]` the
+    model input, computes further metrics in the same step.
     """
 
     def step(variables, batch, key):
         def logits_fn(images):
             return model.apply(variables, images, train=False)[0]
 
+        batch = {**batch, "image": data.model_input(batch, normalisation)}
         logits, intermediates = model.apply(variables, batch["image"], train=False)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]

@@ -95,6 +95,7 @@ def make_train_step(
     learning_rate_fn: optax.Schedule,
     mesh: jax.sharding.Mesh,
     last_mixing_step: int | None = None,
+    normalisation: data.Normalisation | None = None,
 ) -> Callable:
     """The jitted data-parallel step `(state, batch, base_key) -> (state, metrics)`; from step
     number `last_mixing_step + 1` on (None: never) it trains without mixing, in the same program.
@@ -104,17 +105,19 @@ def make_train_step(
     device 0's running statistics, as `DataParallel` keeps replica 0's.
 
     `state` replicated; `batch` {"image": (B, H, W, C), "label": (B,)} sharded over `data` (B the
-    global batch); `base_key` a replicated key. The step key is `fold_in(base_key, state.step)`,
-    the same on every device, so a resumed run draws exactly what an uninterrupted one would.
-    `state` is donated. Metrics (replicated scalars): loss (the mean mixed loss of the global
-    batch), lam (its mean label weight), learning_rate, finite (loss and new parameters free
+    global batch), made model input by `data.model_input(batch, normalisation)` (uint8 images,
+    on-device augmentation; float model input with `normalisation` None); `base_key` a
+    replicated key. The step key is `fold_in(base_key, state.step)`, the same on every device,
+    so a resumed run draws exactly what an uninterrupted one would. `state` is donated.
+    Metrics (replicated scalars): loss (the mean mixed loss of the global batch), lam (its
+    mean label weight), learning_rate, finite (loss and new parameters free
     of NaN and infinity), and the alignment diagnostics `method.DIAGNOSTICS` (device means).
     """
     forward = method.make_mixed_forward(model, mix_config, DATA_AXIS)
 
     def per_device_step(state: TrainState, batch: dict, base_key: jax.Array):
         step_key = jax.random.fold_in(base_key, state.step)
-        images, labels = batch["image"], batch["label"]
+        images, labels = data.model_input(batch, normalisation), batch["label"]
         mixing = None if last_mixing_step is None else state.step < last_mixing_step
 
         def loss_fn(params):
@@ -339,7 +342,13 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         total_steps=total_steps,
         base_key=parallel.replicate(jax.random.key(config.seed), mesh),
         train_step=make_train_step(
-            model, config.mix, optimizer, learning_rate_fn, mesh, last_mixing_step
+            model,
+            config.mix,
+            optimizer,
+            learning_rate_fn,
+            mesh,
+            last_mixing_step=last_mixing_step,
+            normalisation=info.normalisation,
         ),
     )
 
@@ -416,9 +425,8 @@ def train_and_evaluate(
                               num_params, mesh))
     logger.message(f"Compilation cache: {cache_dir or 'off'}")
 
-    evaluate = _Evaluator(
-        eval_loop.make_eval_step(training.model), config, mesh, checkpointer, logger, total_steps
-    )
+    eval_step = eval_loop.make_eval_step(training.model, normalisation=training.info.normalisation)
+    evaluate = _Evaluator(eval_step, config, mesh, checkpointer, logger, total_steps)
     batches = data.prefetch_to_mesh(
         data.make_train_iterator(
             config.data, config.batch_size, seed=config.seed, start_step=start_step
