@@ -12,11 +12,16 @@ state, that is at most
 
 a fraction of the step's own update (its reductions in another order, amplified at most by the one
 step's conditioning: a few ulp of the cost times cost/epsilon ~1e4 is ~1e-3, measured 2e-4 at
-most), plus a few ulp of the state itself (the rounding of `before + update`). Neither term depends
-on the CPU or on how many steps came before. A defect moves a leaf by the order of its whole update:
-a skipped step by exactly `expected - before`, a missing device mean or wrong rows by a gradient of
-other examples; the tests show each lands more than `DEFECT_MARGIN` tolerances away. Integer leaves
-(the step counter) must be equal.
+most), plus a few ulp of the state itself (the rounding of `before + update`). The optimizer's
+momentum traces (leaves under `opt_state`) are not `before + update` but `0.9 * before + gradient`:
+the step computes the gradient, whose rounding is relative to the gradient, while `expected -
+before = gradient - 0.1 * before` can cancel to far less (seen: 1.45 update-tolerances on one
+BatchNorm bias trace at one step of the two-host run). For them the first term is taken of
+`max(|expected|, |before|)`, the scale of the gradient (|g| <= |expected| + 0.9 |before|). Neither
+term depends on the CPU or on how many steps came before. A defect moves a leaf by the order of its
+whole update: a skipped step by exactly `expected - before`, a missing device mean or wrong rows by
+a gradient of other examples; the tests show each lands more than `DEFECT_MARGIN` tolerances away.
+Integer leaves (the step counter) must be equal.
 """
 
 import jax
@@ -26,6 +31,7 @@ UPDATE_RTOL = 1e-2
 STATE_ULPS = 16
 FLOAT32_ULP = 2.0**-23
 DEFECT_MARGIN = 10.0
+OPTIMIZER_STATE = "opt_state"  # in the keystr of the optimizer's leaves (momentum traces)
 
 
 def leaves(tree) -> dict[str, np.ndarray]:
@@ -51,7 +57,11 @@ def disagreement(before, after, expected) -> tuple[float, str]:
         else:
             value, reference = value.astype(np.float64), reference.astype(np.float64)
             start = before[name].astype(np.float64)
-            tolerance = UPDATE_RTOL * np.max(np.abs(reference - start), initial=0.0)
+            if OPTIMIZER_STATE in name:  # a momentum trace: the step's new term is the gradient
+                computed = np.maximum(np.abs(reference), np.abs(start))
+            else:
+                computed = np.abs(reference - start)
+            tolerance = UPDATE_RTOL * np.max(computed, initial=0.0)
             tolerance += STATE_ULPS * FLOAT32_ULP * np.max(np.abs(reference), initial=0.0)
             difference = np.max(np.abs(value - reference), initial=0.0)
             ratio = 0.0 if difference == 0 else difference / max(tolerance, np.finfo(float).tiny)

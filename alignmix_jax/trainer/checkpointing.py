@@ -85,7 +85,12 @@ class RunCheckpointer:
 
     def save(self, step: int, state, run_record: dict) -> None:
         """Saves a training state (fields params, batch_stats, step, opt_state) and a snapshot of
-        the JSON `run_record` (`run_summary`; it records "best_step"), as the item `meta`."""
+        the JSON `run_record` (`run_summary`; it records "best_step"), as the item `meta`.
+
+        A best-weights save still in flight is finished first: orbax names the hosts' barrier of
+        an async save by its step alone, so two managers saving one step at once on several hosts
+        collide ("Barrier _async_write_complete.<step> is already ongoing")."""
+        self._best.wait_until_finished()
         self._prune_recorded_best()
         snapshot = copy.deepcopy(run_record)
         saved = self._last.save(
