@@ -41,7 +41,7 @@ def parse_results(specs: list[str]) -> dict[float, str]:
 
 
 def compare_command(overrides: dict[str, str]) -> None:
-    from alignmix_jax.evaluation import sweep_comparison
+    from alignmix_jax.analysis import sweep_comparison
 
     if overrides:
         raise ValueError(f"{sorted(overrides)}: compare_sweeps takes no --config.<field> overrides")

@@ -3,7 +3,7 @@
     python -m alignmix_jax.evaluate --workdir DIR [--checkpoint best|last] [--config.x=y ...]
 
 Writes `DIR/eval/results.{json,md}`, `reliability.png` and `cam_overlays.png`; the settings are the
-fields of `config.evaluation` (`alignmix_jax.evaluation.report.default_evaluation_config`), e.g.
+fields of `config.evaluation` (`alignmix_jax.analysis.report.default_evaluation_config`), e.g.
 `--config.evaluation.epsilon=0.0157`. The model's fields cannot be overridden.
 """
 
@@ -14,7 +14,7 @@ import json
 
 from absl import flags
 
-from alignmix_jax.evaluation import report
+from alignmix_jax.analysis import report
 
 
 def evaluate_command(overrides: dict[str, str]) -> None:

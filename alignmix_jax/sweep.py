@@ -35,7 +35,7 @@ from collections.abc import Callable
 import ml_collections
 from absl import flags
 
-from alignmix_jax.evaluation import sweep_comparison
+from alignmix_jax.analysis import sweep_comparison
 from alignmix_jax.trainer import experiment_config
 
 FLAGS = flags.FLAGS

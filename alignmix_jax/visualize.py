@@ -5,7 +5,7 @@
 
 Trains (or reloads) a decoder of the frozen classifier's last map and writes, for pairs of test
 images, `DIR/visualize/pair{k}_mixing.png` and `pair{k}_plan.png`
-(`alignmix_jax.evaluation.pictures.visualize_workdir`).
+(`alignmix_jax.analysis.pictures.visualize_workdir`).
 """
 
 from alignmix_jax import cli  # first: one line naming the `train` extra when it is missing
@@ -15,7 +15,7 @@ import json
 
 from absl import flags
 
-from alignmix_jax.evaluation import pictures
+from alignmix_jax.analysis import pictures
 
 FLAGS = flags.FLAGS
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignmix_jax.evaluation import attacks
+from alignmix_jax.analysis import attacks
 
 MEAN = np.array([0.4, 0.5, 0.6], np.float32)
 STD = np.array([0.2, 0.25, 0.3], np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alignmix_jax.evaluation import calibration
+from alignmix_jax.analysis import calibration
 
 # Five predictions: two in bin 14 (0.9333, 1], two in bin 9 (0.6, 0.6667], one in bin 4.
 CONFIDENCES = np.array([0.95, 0.97, 0.62, 0.65, 0.30], np.float32)

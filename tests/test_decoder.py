@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignmix_jax.evaluation import decoder as decoder_lib
+from alignmix_jax.analysis import decoder as decoder_lib
 
 IMAGE_SHAPE = (8, 8, 1)
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from alignmix_jax import data
-from alignmix_jax.evaluation import pictures, report
+from alignmix_jax.analysis import pictures, report
 from alignmix_jax.trainer import experiment_config, run_config, train, trained_run
 
 # PGD in 3 steps of 4/255 (the default: 7 of 2/255) reaches the whole 8/255 ball at less cost.

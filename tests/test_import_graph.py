@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "alignmix_jax"
 # Lower number, lower layer. models and data are side by side: neither imports the other.
-LAYERS = {"core": 0, "models": 1, "data": 1, "trainer": 2, "evaluation": 3}
+LAYERS = {"core": 0, "models": 1, "data": 1, "trainer": 2, "analysis": 3}
 COMMANDS = 4  # the modules at the package's top: main, sweep, evaluate, visualize, cli, ...
 
 

@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from alignmix_jax import cli, sweep
-from alignmix_jax.evaluation import sweep_comparison
+from alignmix_jax.analysis import sweep_comparison
 from alignmix_jax.trainer import experiment_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

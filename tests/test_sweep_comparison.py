@@ -1,4 +1,4 @@
-"""Sweeps side by side (alignmix_jax.compare_sweeps, evaluation.sweep_comparison)."""
+"""Sweeps side by side (alignmix_jax.compare_sweeps, analysis.sweep_comparison)."""
 
 import csv
 import json
@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from alignmix_jax import compare_sweeps
-from alignmix_jax.evaluation import sweep_comparison
+from alignmix_jax.analysis import sweep_comparison
 from alignmix_jax.sweep import RESULT_COLUMNS
 
 

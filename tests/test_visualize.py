@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from alignmix_jax import sinkhorn_plan
-from alignmix_jax.evaluation import pictures
+from alignmix_jax.analysis import pictures
 
 HEIGHT, WIDTH, CHANNELS = 4, 4, 3
 # Sinkhorn sharp enough to recover a permutation of well-separated positions.

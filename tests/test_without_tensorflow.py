@@ -74,7 +74,7 @@ def test_tensorflow_is_absent_and_every_module_imports():
     and visualisation included) imports without it."""
     imported = set(run_without_tensorflow("-c", PROBE, "tensorflow").split())
     assert {"alignmix_jax.evaluate", "alignmix_jax.visualize", "alignmix_jax.trainer.train",
-            "alignmix_jax.evaluation.report"} <= imported
+            "alignmix_jax.analysis.report"} <= imported
     assert "alignmix_jax.data.tiny_imagenet" in imported  # a tfds builder, defined without TF
 
 

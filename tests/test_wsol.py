@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alignmix_jax.evaluation import wsol
+from alignmix_jax.analysis import wsol
 
 IMAGE_SIZE = 32
 

@@ -1,5 +1,5 @@
 """Evaluation: the jitted eval step and the one loop over an eval split that training and
-`evaluation.report` share."""
+`analysis.report` share."""
 
 from collections.abc import Callable, Iterable
 
@@ -19,7 +19,7 @@ def make_eval_step(
     normalisation: data.Normalisation | None = None,
 ) -> Callable:
     """The jitted eval step `(variables, batch, key) -> (sums, per_example)` of every evaluation
-    (the trainer's and `evaluation.report`'s).
+    (the trainer's and `analysis.report`'s).
 
     `variables` {"params", "batch_stats"} replicated; `batch` {"image": (B, H, W, C), "label":
     (B,), "mask": (B,)} sharded over `data` (jit partitions the step; eval-mode BatchNorm has no

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignmix_jax.analysis import decoder as decoder_lib
 from alignmix_jax.core.method import SinkhornOptions
 from alignmix_jax.core.mixing import mixup
 from alignmix_jax.core.ot import align_mix, sinkhorn_plan
-from alignmix_jax.evaluation import decoder as decoder_lib
 from alignmix_jax.trainer import experiment_config, parallel
 
 VISUALIZE_DIR = "visualize"

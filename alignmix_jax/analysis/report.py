@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from alignmix_jax.evaluation import attacks, calibration, wsol
+from alignmix_jax.analysis import attacks, calibration, wsol
 from alignmix_jax.trainer import eval_loop, experiment_config, parallel
 
 EVAL_DIR = "eval"
