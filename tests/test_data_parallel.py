@@ -10,8 +10,7 @@ import numpy as np
 import optax
 import pytest
 import step_agreement
-from jax.sharding import PartitionSpec
-from test_train import (
+from helpers import (
     GLOBAL_BATCH,
     IMAGE_SHAPE,
     NUM_CLASSES,
@@ -20,6 +19,7 @@ from test_train import (
     make_config,
     make_step,
 )
+from jax.sharding import PartitionSpec
 
 from alignmix_jax import models
 from alignmix_jax.core import method
