@@ -123,8 +123,9 @@ def test_unknown_config_argument_is_rejected():
     [
         ("mix.method", "mixupp", "config.mix.method = 'mixupp'.*'alignmixup'"),
         ("mix.direction", "2", "config.mix.direction = '2'.*'random'"),
-        ("mix.epsilon", 0.0, "config.mix.epsilon = 0.0.*positive"),
-        ("mix.num_iters", 0, "config.mix.num_iters = 0.*positive integer"),
+        ("mix.epsilon", 0.0, "config.mix.epsilon must be a finite number > 0, got 0.0"),
+        ("mix.num_iters", 0, "config.mix.num_iters must be an integer >= 1, got 0"),
+        ("mix.scale_cost", -1.0, "config.mix.scale_cost must be a finite number > 0, got -1.0"),
         ("mix.alpha", -1.0, "config.mix.alpha = -1.0"),
         ("mix.input_prob", 1.5, r"config.mix.input_prob = 1.5.*\[0, 1\]"),
         ("mix.stage", "stage9", "config.mix.stage = 'stage9'.*'stage4'"),

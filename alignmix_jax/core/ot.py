@@ -144,7 +144,10 @@ def _position_sets(a, b):
     return a, b
 
 
-def _validated_options(epsilon, num_iters, threshold, scale_cost):
+def validated_options(epsilon, num_iters, threshold, scale_cost):
+    """The Sinkhorn options of `sinkhorn_plan` and `align_mix`, checked: (epsilon float32 scalar,
+    num_iters int, threshold float32 scalar or None, scale_cost float or name); a ValueError that
+    names the option otherwise. The one check of these ranges (the trainer's config uses it)."""
     epsilon = _checks.positive_scalar(epsilon, "epsilon")
     num_iters = _checks.static_int(num_iters, "num_iters", minimum=1)
     if threshold is not None:
@@ -201,7 +204,7 @@ def sinkhorn_plan(a, b, *, epsilon=0.1, num_iters=100, threshold=None, scale_cos
     _checks.floating(a, "a")
     _checks.floating(b, "b")
     _outside_vma_checked_shard_map(a, b)
-    epsilon, num_iters, threshold, scale_cost = _validated_options(
+    epsilon, num_iters, threshold, scale_cost = validated_options(
         epsilon, num_iters, threshold, scale_cost
     )
     return _plan_batched(a, b, epsilon, threshold, num_iters=num_iters, scale_cost=scale_cost)
@@ -319,7 +322,7 @@ def align_mix_with_plan(
     _outside_vma_checked_shard_map(a, b)
     lam = jnp.broadcast_to(_checks.lam_array(lam, a.shape[0]), a.shape[:1])
     direction = _direction(direction)
-    epsilon, num_iters, threshold, scale_cost = _validated_options(
+    epsilon, num_iters, threshold, scale_cost = validated_options(
         epsilon, num_iters, threshold, scale_cost
     )
     if isinstance(direction, int):

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from alignmix_jax.core import ot
 from alignmix_jax.core.method import METHODS, SinkhornOptions
 from alignmix_jax.models import BATCH_NORM_ALL_DEVICES
 from alignmix_jax.models.common import LAST_STAGE
@@ -302,11 +303,10 @@ def validate_mix_config(mix: ml_collections.ConfigDict, stage_names: Sequence[st
     """Checks `config.mix` against the allowed methods and ranges and the model's `stage_names`."""
     _require_choice("mix.method", mix.method, METHODS)
     _require_positive("mix.alpha", mix.alpha)
-    _require_positive("mix.epsilon", mix.epsilon)
-    _require_positive("mix.num_iters", mix.num_iters, integer=True)
-    _require_positive("mix.scale_cost", mix.scale_cost)
-    if mix.threshold is not None:
-        _require_positive("mix.threshold", mix.threshold)
+    try:  # the op's own check of its Sinkhorn options, named as config fields
+        ot.validated_options(**SinkhornOptions.from_config(mix).as_kwargs())
+    except ValueError as error:
+        raise ValueError(f"config.mix.{error}") from None
     _require_choice("mix.direction", str(mix.direction), DIRECTIONS)
     _require_choice("mix.partner", mix.partner, PARTNER_MODES)
     _require_choice("mix.coins", mix.coins, COIN_MODES)
