@@ -8,25 +8,27 @@ scikit-learn ships (`load_sample_images`: a temple in China and a flower): each 
 window of 375-427 rows, resized to 500x375 and mirrored at random, so the files hold real
 photographic detail at about ImageNet's scale and file size.
 
-Ours is the host half of `data.make_train_iterator` for ImageNet-style training: one image per
-grain element (`augment.decode_crop_resize`: RandomResizedCrop 224 with JPEG DCT-scaled decoding
-where the crop allows it; parameters from `augment.draw_params`) then batching, the flip, colour
+Ours is the host half of `data.make_train_iterator` for ImageNet-style training, through the
+library's own `pipeline.decoded_batches` (chunks of images per grain element, then batches):
+`augment.decode_crop_resize` (RandomResizedCrop 224 with JPEG DCT-scaled decoding where the crop
+allows it; parameters from `augment.draw_params`), the flip, colour
 jitter and lighting packed as float32 rows (`device_transform.pack_params`) for the device, and
 the batch sent as uint8. The anchor is the Flax ImageNet example's input: `tf.data` over the same
 JPEG bytes, `sample_distorted_bounding_box` (area 0.08-1, ratio 3/4-4/3, 10 attempts, centre crop
 otherwise) + `decode_and_crop_jpeg` + bicubic resize 224 + random flip + normalisation, batched,
 `num_parallel_calls=AUTOTUNE`, prefetched. A third row, "previous", is this project's host
-pipeline before the device transform: full decoding, RandomResizedCrop + flip + colour jitter +
-PCA lighting + normalisation in float32 NumPy on the host, float32 batches.
+host transform before the device transform: full decoding, RandomResizedCrop + flip + colour
+jitter + PCA lighting + normalisation in float32 NumPy on the host, float32 batches (through the
+same `decoded_batches`, so only the per-image work differs).
 
 Per core means with the process pinned (`os.sched_setaffinity`) to that many CPUs, in a fresh
 process per case; "images/s per core" in the JSON line is each pipeline's best over the core counts
 (on a busy 2-core machine, the 1-core row). The pipelines are measured in turns, `--rounds` times,
-after a warm-up; medians are reported. Before that, a single-thread breakdown: full decoding, ours'
-decode + crop, the previous host transform after full decoding (crop, flip, jitter, lighting in
-float32 NumPy). Prints a table, the cores one H100 (ResNet-50, bf16, about 3,000 images/s) and one
-8-GPU host need, and one JSON line.
-"""
+after a warm-up of twice the images in flight; medians are reported. Before that, a single-thread
+breakdown: full decoding, ours' decode + crop, the previous host transform after full decoding
+(crop, flip, jitter, lighting in float32 NumPy). Prints a table, ours over tf.data at each core
+count, the cores one H100 (ResNet-50, bf16, about 3,000 images/s) and one 8-GPU host need, and one
+JSON line."""
 
 import argparse
 import functools
@@ -39,12 +41,11 @@ import sys
 import tempfile
 import time
 
-import grain
 import numpy as np
 from PIL import Image
 
 from alignmix_jax import cli
-from alignmix_jax.data import augment, device_transform
+from alignmix_jax.data import augment, device_transform, pipeline
 from alignmix_jax.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SIZE = 224
@@ -52,7 +53,6 @@ JPEG_SHAPE = (375, 500)  # (height, width): ImageNet's most common size
 JPEG_QUALITY = 90
 H100_RESNET50_IMAGES_PER_S = 3000
 GPUS_PER_HOST = 8
-WARMUP_BATCHES = 3
 
 
 def photo_jpegs(count: int) -> list[bytes]:
@@ -89,22 +89,25 @@ def decode(encoded: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-class OurExample:
-    """Element `position` of our stream: image `position % len(encoded)` cropped and resized to
-    uint8 (1, 224, 224, 3), with its packed on-device parameters (1, 10), drawn per batch of
-    `batch` as `data.make_train_iterator` draws them. Picklable, for grain."""
+class OurRows:
+    """Rows `rows` of batch `step` of our stream, as `data.make_train_iterator` makes them for a
+    decoding source: image `position % len(encoded)` of each position `step * batch + row`
+    cropped and resized to uint8 (n, 224, 224, 3), with the packed on-device parameters (n, 10)
+    drawn per batch of `batch`."""
 
     def __init__(self, encoded: list[bytes], batch: int):
         self.encoded, self.batch = encoded, batch
 
-    def __call__(self, position: int) -> dict:
-        step, row = divmod(position, self.batch)
+    def __call__(self, step: int, rows: slice) -> dict:
         params = _params(step, self.batch)
-        params_row = {key: value[row] for key, value in params.items()}
-        image = augment.decode_crop_resize(
-            self.encoded[position % len(self.encoded)], params_row, IMAGE_SIZE, 3
-        )
-        return {"image": image[None], "augment": _packed(step, self.batch)[row : row + 1]}
+        images = [
+            augment.decode_crop_resize(
+                self.encoded[(step * self.batch + row) % len(self.encoded)],
+                augment.param_row(params, row), IMAGE_SIZE, 3,
+            )
+            for row in range(self.batch)[rows]
+        ]
+        return {"image": np.stack(images), "augment": _packed(step, self.batch)[rows]}
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,33 +122,27 @@ def _packed(step: int, batch: int) -> np.ndarray:
     return device_transform.pack_params(_params(step, batch))
 
 
-class PreviousExample:
-    """Element `position` of the previous host pipeline: full decoding, the whole train transform
-    in float32 NumPy (`augment.imagenet_train_transform`) and the normalisation on the host,
-    float32 (1, 224, 224, 3), as `data.make_train_iterator` made it before the device transform."""
+class PreviousRows:
+    """Rows `rows` of batch `step` of the previous host pipeline: full decoding, the whole train
+    transform in float32 NumPy (`augment.imagenet_train_transform`) and the normalisation on the
+    host, float32 (n, 224, 224, 3), as `data.make_train_iterator` made it before the device
+    transform."""
 
     def __init__(self, encoded: list[bytes], batch: int):
         self.encoded, self.batch = encoded, batch
         self.scale = (1.0 / np.asarray(IMAGENET_STD, np.float32)).astype(np.float32)
         self.shift = -np.asarray(IMAGENET_MEAN, np.float32) * self.scale
 
-    def __call__(self, position: int) -> dict:
-        step, row = divmod(position, self.batch)
-        params_row = augment.param_row(_params(step, self.batch), row)
-        image = decode(self.encoded[position % len(self.encoded)])
-        unit = augment.imagenet_train_transform(image, params_row, IMAGE_SIZE)
-        return {"image": (unit * self.scale + self.shift)[None]}
-
-
-def _concatenate(examples: list[dict]) -> dict:
-    return {key: np.concatenate([example[key] for example in examples]) for key in examples[0]}
-
-
-def grain_stream(example, batch: int, threads: int):
-    """A host pipeline: one image per grain element on `threads` threads, then batches."""
-    examples = grain.MapDataset.range(10**12).map(example)
-    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
-    return iter(examples.to_iter_dataset(options).batch(batch, batch_fn=_concatenate))
+    def __call__(self, step: int, rows: slice) -> dict:
+        params = _params(step, self.batch)
+        units = [
+            augment.imagenet_train_transform(
+                decode(self.encoded[(step * self.batch + row) % len(self.encoded)]),
+                augment.param_row(params, row), IMAGE_SIZE,
+            )
+            for row in range(self.batch)[rows]
+        ]
+        return {"image": np.stack(units) * self.scale + self.shift}
 
 
 def tfdata_stream(encoded: list[bytes], batch: int):
@@ -193,9 +190,13 @@ def tfdata_stream(encoded: list[bytes], batch: int):
 
 
 def images_per_s(make_stream, batch: int, num_batches: int) -> float:
-    """Images/s of `make_stream()` over `num_batches` batches after WARMUP_BATCHES."""
+    """Images/s of `make_stream()` over `num_batches` batches after a warm-up of twice the images
+    `decoded_batches` has in flight, so that the timed window starts with the pipeline in the
+    state it ends in (a window opened on a full buffer of finished work counts that work as free).
+    """
+    warmup_images = 2 * pipeline.decode_threads() * pipeline.DECODE_CHUNK
     iterator = make_stream()
-    for _ in range(WARMUP_BATCHES):
+    for _ in range(-(-warmup_images // batch)):
         next(iterator)
     start = time.perf_counter()
     for _ in range(num_batches):
@@ -239,7 +240,7 @@ def single_thread_breakdown(encoded: list[bytes], count: int) -> dict:
     }
 
 
-PIPELINES = {"ours": OurExample, "previous": PreviousExample}
+PIPELINES = {"ours": OurRows, "previous": PreviousRows}
 
 
 def measure(pipeline: str, folder: str, batch: int, num_batches: int, cpus: list[int]) -> float:
@@ -258,8 +259,8 @@ def measure_here(args) -> None:
     files = sorted(pathlib.Path(args.folder).glob("*.jpg"))
     encoded = [path.read_bytes() for path in files]
     if args.measure in PIPELINES:
-        example = PIPELINES[args.measure](encoded, args.batch)
-        make = functools.partial(grain_stream, example, args.batch, 2 * len(args.cores))
+        rows_at = PIPELINES[args.measure](encoded, args.batch)
+        make = functools.partial(pipeline.decoded_batches, rows_at, 0, 10**12, args.batch)
     else:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         make = functools.partial(tfdata_stream, encoded, args.batch)
@@ -270,7 +271,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256, help="JPEGs (>= 1)")
     parser.add_argument("--batch", type=int, default=32, help="images per batch (>= 1)")
-    parser.add_argument("--batches", type=int, default=16, help="timed batches per case (>= 1)")
+    parser.add_argument("--batches", type=int, default=32, help="timed batches per case (>= 1)")
     parser.add_argument("--rounds", type=int, default=3, help="turns of each case (>= 1)")
     parser.add_argument("--cores", default="1,2", help="comma-separated core counts")
     parser.add_argument("--measure", choices=[*PIPELINES, "tfdata"], help=argparse.SUPPRESS)
@@ -328,6 +329,11 @@ def main() -> None:
         for name in ("ours", "tfdata", "previous")
     }
     cores_h100 = {name: H100_RESNET50_IMAGES_PER_S / rate for name, rate in per_core.items()}
+    rate_of = {(r["pipeline"], r["cores"]): r["images_per_s"] for r in rows}
+    ours_over_tfdata = {
+        str(cores): round(rate_of["ours", cores] / rate_of["tfdata", cores], 3)
+        for cores in args.cores
+    }
     batch_1024 = {
         "float32_mb": 1024 * IMAGE_SIZE**2 * 3 * 4 / 1e6,
         "uint8_mb": (1024 * IMAGE_SIZE**2 * 3 + 1024 * device_transform.AUGMENT_WIDTH * 4) / 1e6,
@@ -349,8 +355,10 @@ def main() -> None:
             f"| {row['pipeline']} | {row['cores']} | {row['images_per_s']:.0f} "
             f"| {row['images_per_s_per_core']:.0f} | {row['rounds']} |"
         )
+    ratios = ", ".join(f"{ratio:.2f} on {cores}" for cores, ratio in ours_over_tfdata.items())
+    print(f"\nOurs over tf.data (medians, same run), by cores: {ratios}.")
     print(
-        f"\nOne H100 (ResNet-50, bf16, {H100_RESNET50_IMAGES_PER_S} images/s) needs "
+        f"One H100 (ResNet-50, bf16, {H100_RESNET50_IMAGES_PER_S} images/s) needs "
         f"{cores_h100['ours']:.1f} cores with ours, {cores_h100['tfdata']:.1f} with tf.data, "
         f"{cores_h100['previous']:.1f} with the previous pipeline; an {GPUS_PER_HOST}-GPU host "
         f"{GPUS_PER_HOST * cores_h100['ours']:.0f}, {GPUS_PER_HOST * cores_h100['tfdata']:.0f} "
@@ -372,6 +380,7 @@ def main() -> None:
                 "rows": rows,
                 "ours_images_per_sec_per_core": per_core["ours"],
                 "tfdata_images_per_sec_per_core": per_core["tfdata"],
+                "ours_over_tfdata_by_cores": ours_over_tfdata,
                 "previous_images_per_sec_per_core": per_core["previous"],
                 "cores_per_h100": {k: round(v, 1) for k, v in cores_h100.items()},
                 "cores_per_8_gpu_host": {

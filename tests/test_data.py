@@ -28,6 +28,7 @@ from alignmix_jax.data import (
     augment,
     device_transform,
     image_folder,
+    pipeline,
     sources,
     splits,
     tfds_source,
@@ -297,6 +298,32 @@ def test_tiny_imagenet_builder_reads_the_official_layout(tiny_imagenet_config):
     assert train["image"].shape == (12, 64, 64, 3)
     assert sorted(np.bincount(train["label"])) == [4, 4, 4]
 
+
+
+def test_decoded_batches_are_the_batches_of_their_chunks(monkeypatch):
+    """Decoding sources are read in chunks of DECODE_CHUNK rows on several threads; joined in
+    order, the chunks are exactly the batches `rows_at` makes whole, for a batch size that the
+    chunks do not divide, from a first batch other than 0, and with one thread or several."""
+    host_batch = 2 * pipeline.DECODE_CHUNK + 3
+    asked = []
+
+    def rows_at(batch, rows):
+        asked.append(range(host_batch)[rows])
+        ids = np.arange(batch * host_batch, (batch + 1) * host_batch)[rows]
+        return {"id": ids, "square": np.stack([ids, ids**2], axis=1)}
+
+    for cores in (1, 3):
+        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _, n=cores: set(range(n)))
+        asked.clear()
+        batches = list(pipeline.decoded_batches(rows_at, 2, 6, host_batch))
+        assert len(batches) == 4
+        for batch, got in zip(range(2, 6), batches, strict=True):
+            expected = rows_at(batch, slice(None))
+            assert got.keys() == expected.keys()
+            for key in expected:
+                np.testing.assert_array_equal(got[key], expected[key])
+        assert max(len(rows) for rows in asked[:-4]) == pipeline.DECODE_CHUNK
+    assert pipeline.decode_threads() == 3 * pipeline.DECODE_THREADS_PER_CORE
 
 
 def test_record_sources_crop_while_decoding(tiny_imagenet_config):

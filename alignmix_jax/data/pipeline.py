@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -32,7 +33,12 @@ from alignmix_jax.data.config import DataSpec, resolve_spec
 PERMUTATION_STREAM = 0
 AUGMENTATION_STREAM = 1
 MAX_STEPS = 2**62
-RECORD_THREADS = 16
+# Where images are decoded: images per grain element, and threads per CPU core (at most
+# MAX_DECODE_THREADS). More threads a core contend for the GIL: on 2 cores, 16 threads made 9% fewer
+# images/s than 2 to 4 (benchmarks/bench_input_imagenet.py).
+DECODE_CHUNK = 8
+DECODE_THREADS_PER_CORE = 2
+MAX_DECODE_THREADS = 16
 ARRAY_THREADS = 2
 # Batches grain holds ready on the host, whatever its thread count (at ImageNet scale one uint8
 # batch of 1024 is 154 MB; the device-side `prefetch_to_mesh` holds 2 more).
@@ -192,25 +198,46 @@ def _concatenate(examples: list[dict]) -> dict:
 def _stream(rows_at, first: int, stop: int, host_batch: int, source) -> Iterator[dict]:
     """Host batches `rows_at(b, slice(None))` for b in [first, stop), in order, made in grain's
     background threads. In-memory sources: one batch per grain element, ARRAY_THREADS threads,
-    PREFETCH_BATCHES ready. Decoding sources: one image per element (`rows_at(b, slice(k, k +
-    1))`), RECORD_THREADS threads over RECORD_THREADS images in flight, then batched, so the
-    host holds about one batch however many threads decode."""
+    PREFETCH_BATCHES ready. Decoding sources: `decoded_batches`."""
     if isinstance(source, ArraySource):
         batches = grain.MapDataset.range(first, stop).map(lambda b: rows_at(b, slice(None)))
         options = grain.ReadOptions(
             num_threads=ARRAY_THREADS, prefetch_buffer_size=PREFETCH_BATCHES
         )
         return iter(batches.to_iter_dataset(options))
-    stop = min(stop, MAX_STEPS // host_batch)
+    return decoded_batches(rows_at, first, stop, host_batch)
 
-    def example_at(position: int) -> dict:
-        batch, row = divmod(position, host_batch)
-        return rows_at(batch, slice(row, row + 1))
 
-    examples = grain.MapDataset.range(first * host_batch, stop * host_batch).map(example_at)
-    options = grain.ReadOptions(num_threads=RECORD_THREADS, prefetch_buffer_size=RECORD_THREADS)
-    batches = examples.to_iter_dataset(options).batch(host_batch, batch_fn=_concatenate)
-    return iter(batches)
+def decoded_batches(rows_at, first: int, stop: int, host_batch: int) -> Iterator[dict]:
+    """Host batches for b in [first, stop), in order, each made as chunks of DECODE_CHUNK rows
+    `rows_at(b, slice(k, k + DECODE_CHUNK))` (dicts of arrays with leading axis the rows), one
+    chunk per grain element on `decode_threads()` threads, then joined. The host holds that many
+    chunks in flight, not batches, however large the batch. Chunks rather than single images:
+    grain's per-element work holds the GIL, and one image per element kept two cores from scaling
+    (benchmarks/bench_input_imagenet.py)."""
+    chunks_per_batch = -(-host_batch // DECODE_CHUNK)
+    stop = min(stop, MAX_STEPS // chunks_per_batch)
+
+    def chunk_at(position: int) -> dict:
+        batch, chunk = divmod(position, chunks_per_batch)
+        start = chunk * DECODE_CHUNK
+        return rows_at(batch, slice(start, min(start + DECODE_CHUNK, host_batch)))
+
+    chunks = grain.MapDataset.range(first * chunks_per_batch, stop * chunks_per_batch)
+    threads = decode_threads()
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+    dataset = chunks.map(chunk_at).to_iter_dataset(options)
+    return iter(dataset.batch(chunks_per_batch, batch_fn=_concatenate))
+
+
+def decode_threads() -> int:
+    """Threads `decoded_batches` decodes on: DECODE_THREADS_PER_CORE per CPU this process may
+    run on, at most MAX_DECODE_THREADS."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return min(MAX_DECODE_THREADS, DECODE_THREADS_PER_CORE * cores)
 
 
 class _Permutations:
