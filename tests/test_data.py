@@ -313,7 +313,9 @@ def test_decoded_batches_are_the_batches_of_their_chunks(monkeypatch):
         return {"id": ids, "square": np.stack([ids, ids**2], axis=1)}
 
     for cores in (1, 3):
-        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _, n=cores: set(range(n)))
+        monkeypatch.setattr(  # raising=False: macOS has no sched_getaffinity
+            pipeline.os, "sched_getaffinity", lambda _, n=cores: set(range(n)), raising=False
+        )
         asked.clear()
         batches = list(pipeline.decoded_batches(rows_at, 2, 6, host_batch))
         assert len(batches) == 4
