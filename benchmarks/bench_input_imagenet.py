@@ -11,15 +11,15 @@ photographic detail at about ImageNet's scale and file size.
 Ours is the host half of `data.make_train_iterator` for ImageNet-style training, through the
 library's own `pipeline.decoded_batches` (chunks of images per grain element, then batches):
 `augment.decode_crop_resize` (RandomResizedCrop 224 with JPEG DCT-scaled decoding where the crop
-allows it; parameters from `augment.draw_params`), the flip, colour
-jitter and lighting packed as float32 rows (`device_transform.pack_params`) for the device, and
-the batch sent as uint8. The anchor is the Flax ImageNet example's input: `tf.data` over the same
-JPEG bytes, `sample_distorted_bounding_box` (area 0.08-1, ratio 3/4-4/3, 10 attempts, centre crop
-otherwise) + `decode_and_crop_jpeg` + bicubic resize 224 + random flip + normalisation, batched,
+allows it; parameters from `augment.draw_params`), the flip, colour jitter and lighting packed as
+float32 rows (`device_transform.pack_params`) for the device, and the batch sent as uint8. The
+anchor is the Flax ImageNet example's input: `tf.data` over the same JPEG bytes,
+`sample_distorted_bounding_box` (area 0.08-1, ratio 3/4-4/3, 10 attempts, centre crop otherwise)
++ `decode_and_crop_jpeg` + bicubic resize 224 + random flip + normalisation, batched,
 `num_parallel_calls=AUTOTUNE`, prefetched. A third row, "previous", is this project's host
-host transform before the device transform: full decoding, RandomResizedCrop + flip + colour
-jitter + PCA lighting + normalisation in float32 NumPy on the host, float32 batches (through the
-same `decoded_batches`, so only the per-image work differs).
+transform before the device transform: full decoding, RandomResizedCrop + flip + colour jitter +
+PCA lighting + normalisation in float32 NumPy on the host, float32 batches (through the same
+`decoded_batches`, so only the per-image work differs).
 
 Per core means with the process pinned (`os.sched_setaffinity`) to that many CPUs, in a fresh
 process per case; "images/s per core" in the JSON line is each pipeline's best over the core counts
