@@ -11,6 +11,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 import types
 
 import jax
@@ -450,6 +452,47 @@ def test_prefetch_to_mesh_shards_the_batch_over_devices():
         np.testing.assert_array_equal(np.asarray(device["label"]), host["label"])
     with pytest.raises(ValueError, match="'data' axis"):
         data.prefetch_to_mesh(iter(host_batches), Mesh(devices, ("model",)))
+
+
+def slow_batches(delay_s: float):
+    """Endless host batches of 8 digits-sized images, each `delay_s` in the making."""
+    while True:
+        time.sleep(delay_s)
+        yield {"image": np.zeros((8, 32, 32, 1), np.uint8)}
+
+
+def test_closing_prefetch_to_mesh_joins_its_thread():
+    """close() returns only once the producer thread has ended, even when it was busy making a
+    batch: a thread left running at exit gets killed wherever it stands (inside jax's C++, the
+    process aborts)."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    before = set(threading.enumerate())
+    batches = data.prefetch_to_mesh(slow_batches(0.3), mesh, size=1)
+    next(batches)
+    assert set(threading.enumerate()) - before  # the producer, making the next batch
+    batches.close()
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_a_prefetch_left_open_does_not_keep_the_process_from_exiting():
+    code = (
+        "import time, jax, numpy as np\n"
+        "from jax.sharding import Mesh\n"
+        "from alignmix_jax import data\n"
+        "def slow_batches():\n"
+        "    while True:\n"
+        "        time.sleep(0.05)\n"
+        "        yield {'image': np.zeros((8, 4), np.float32)}\n"
+        "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
+        "batches = data.prefetch_to_mesh(slow_batches(), mesh)\n"
+        "next(batches)\n"
+        "print('leaving')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["leaving"]
 
 
 # ----------------------------------------------------------------------------- split selection

@@ -367,12 +367,19 @@ def prefetch_to_mesh(iterator, mesh: jax.sharding.Mesh, size: int = 2):
 
 
 def _prefetch(iterator, sharding: NamedSharding, size: int):
+    """The producer is an ordinary (non-daemon) thread that stops when the generator is closed or
+    the main thread has ended, and closing joins it. A daemon thread would be killed at exit
+    wherever it stood, and killed inside jax's C++ the process aborts ("FATAL: exception not
+    rethrown")."""
     ready: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
     finished = object()
 
+    def stopped() -> bool:
+        return stop.is_set() or not threading.main_thread().is_alive()
+
     def put(item) -> None:
-        while not stop.is_set():
+        while not stopped():
             try:
                 ready.put(item, timeout=0.1)
                 return
@@ -382,7 +389,7 @@ def _prefetch(iterator, sharding: NamedSharding, size: int):
     def produce() -> None:
         try:
             for batch in iterator:
-                if stop.is_set():
+                if stopped():
                     return
                 put({
                     key: jax.make_array_from_process_local_data(sharding, value)
@@ -392,7 +399,8 @@ def _prefetch(iterator, sharding: NamedSharding, size: int):
         except BaseException as error:  # handed to the consumer, raised there
             put(error)
 
-    threading.Thread(target=produce, daemon=True).start()
+    producer = threading.Thread(target=produce, name="prefetch_to_mesh")
+    producer.start()
     try:
         while True:
             item = ready.get()
@@ -403,3 +411,4 @@ def _prefetch(iterator, sharding: NamedSharding, size: int):
             yield item
     finally:
         stop.set()
+        producer.join()
