@@ -487,7 +487,7 @@ def train_and_evaluate(
                     raise stop_signals.RunInterrupted(signals.received, step, workdir)
     finally:
         profile.close()
-        batches.close()  # stops the prefetch thread
+        batches.close()  # stops and joins the prefetch thread
         checkpointer.close()
         logger.close()
 
