@@ -474,9 +474,12 @@ def test_closing_prefetch_to_mesh_joins_its_thread():
     assert set(threading.enumerate()) - before == set()
 
 
-def test_a_prefetch_left_open_does_not_keep_the_process_from_exiting():
+def test_a_prefetch_left_open_neither_holds_the_process_nor_stops_early():
+    """The main thread leaves one prefetch open and ends; a worker thread then consumes another:
+    the worker gets all its batches (the producer serves its consumer's thread, not the main one)
+    and the process exits."""
     code = (
-        "import time, jax, numpy as np\n"
+        "import threading, time, jax, numpy as np\n"
         "from jax.sharding import Mesh\n"
         "from alignmix_jax import data\n"
         "def slow_batches():\n"
@@ -484,15 +487,20 @@ def test_a_prefetch_left_open_does_not_keep_the_process_from_exiting():
         "        time.sleep(0.05)\n"
         "        yield {'image': np.zeros((8, 4), np.float32)}\n"
         "mesh = Mesh(np.array(jax.devices()), ('data',))\n"
+        "def worker():\n"
+        "    threading.main_thread().join()\n"
+        "    batches = data.prefetch_to_mesh(slow_batches(), mesh)\n"
+        "    print('worker', sum(1 for _, _ in zip(range(5), batches)))\n"
+        "threading.Thread(target=worker).start()\n"
         "batches = data.prefetch_to_mesh(slow_batches(), mesh)\n"
         "next(batches)\n"
-        "print('leaving')\n"
+        "print('main')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["leaving"]
+    assert result.stdout.splitlines() == ["main", "worker 5"]
 
 
 # ----------------------------------------------------------------------------- split selection

@@ -368,15 +368,17 @@ def prefetch_to_mesh(iterator, mesh: jax.sharding.Mesh, size: int = 2):
 
 def _prefetch(iterator, sharding: NamedSharding, size: int):
     """The producer is an ordinary (non-daemon) thread that stops when the generator is closed or
-    the main thread has ended, and closing joins it. A daemon thread would be killed at exit
-    wherever it stood, and killed inside jax's C++ the process aborts ("FATAL: exception not
-    rethrown")."""
+    the thread consuming it has ended (so one left open does not hold the process at exit), and
+    closing joins it. A daemon thread would be killed at exit wherever it stood, and killed inside
+    jax's C++ the process aborts ("FATAL: exception not rethrown")."""
     ready: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
     finished = object()
 
+    consumer = threading.current_thread()
+
     def stopped() -> bool:
-        return stop.is_set() or not threading.main_thread().is_alive()
+        return stop.is_set() or not consumer.is_alive()
 
     def put(item) -> None:
         while not stopped():
