@@ -474,6 +474,19 @@ def test_closing_prefetch_to_mesh_joins_its_thread():
     assert set(threading.enumerate()) - before == set()
 
 
+def test_a_prefetch_read_on_after_its_first_reader_ended_says_so():
+    """Its producer stops with the thread that first read it; a read from another thread then
+    raises instead of waiting forever."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    batches = data.prefetch_to_mesh(slow_batches(0.05), mesh, size=1)
+    reader = threading.Thread(target=next, args=(batches,), name="first_reader")
+    reader.start()
+    reader.join()
+    with pytest.raises(RuntimeError, match="first_reader, the thread that first read it, ended"):
+        for _ in range(10):  # at most the one batch already made comes first
+            next(batches)
+
+
 def test_a_prefetch_left_open_neither_holds_the_process_nor_stops_early():
     """The main thread leaves one prefetch open and ends; a worker thread then consumes another:
     the worker gets all its batches (the producer serves its consumer's thread, not the main one)

@@ -368,9 +368,10 @@ def prefetch_to_mesh(iterator, mesh: jax.sharding.Mesh, size: int = 2):
 
 def _prefetch(iterator, sharding: NamedSharding, size: int):
     """The producer is an ordinary (non-daemon) thread that stops when the generator is closed or
-    the thread consuming it has ended (so one left open does not hold the process at exit), and
-    closing joins it. A daemon thread would be killed at exit wherever it stood, and killed inside
-    jax's C++ the process aborts ("FATAL: exception not rethrown")."""
+    the thread that first read it has ended (so one left open does not hold the process at exit;
+    a read from another thread then raises), and closing joins it. A daemon thread would be killed
+    at exit wherever it stood, and killed inside jax's C++ the process aborts ("FATAL: exception
+    not rethrown")."""
     ready: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
     finished = object()
@@ -405,7 +406,15 @@ def _prefetch(iterator, sharding: NamedSharding, size: int):
     producer.start()
     try:
         while True:
-            item = ready.get()
+            try:
+                item = ready.get(timeout=0.1)
+            except queue.Empty:
+                if producer.is_alive():
+                    continue
+                raise RuntimeError(
+                    f"prefetch_to_mesh: stopped when {consumer.name}, the thread that first read "
+                    "it, ended; read a prefetch from the thread that started reading it"
+                ) from None
             if item is finished:
                 return
             if isinstance(item, BaseException):
