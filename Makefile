@@ -9,7 +9,7 @@ WORKDIR ?= /tmp/alignmix_quickstart
 # Each install takes what its extras need, at the versions requirements.txt pins (constraints).
 PIP_INSTALL := $(PY) -m pip install -q -c requirements.txt
 
-.PHONY: install install-test lint test check-base-install rehearse-gpu quickstart bench
+.PHONY: install install-test lint test suite check-base-install rehearse-gpu quickstart bench
 
 # The commands need the `train` extra; tfds datasets `tfds`; preparing them (and the tests that
 # do) `prepare` (TensorFlow).
@@ -30,9 +30,17 @@ install-test: $(VENV)/.installed-test
 lint: install-test
 	$(PY) -m ruff check alignmix_jax experiments tests benchmarks
 
+# The suite and the two install checks run side by side (each install check builds its own venv);
+# make prints each one's output whole when it ends.
 test: lint
-	$(PY) -m pytest -q tests
-	$(MAKE) check-base-install rehearse-gpu
+	$(MAKE) --jobs=3 --output-sync=target suite check-base-install rehearse-gpu
+
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each taking a whole test file at a time
+# so that a file's shared runs (the two-host run, the killed run) are made once: one process alone
+# leaves a core idle for much of its importing and compiling.
+TEST_WORKERS ?= 2
+suite: install-test
+	$(PY) -m pytest -q --numprocesses=$(TEST_WORKERS) --dist=loadfile --durations=15 tests
 
 # A fresh venv with the base install only runs the README's align_mix snippet and a gradient.
 check-base-install:
