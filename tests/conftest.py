@@ -7,8 +7,9 @@ up to the float32 rounding that the tests' tolerances allow for). Child processe
 flags through the environment.
 
 The many short training runs launched as child processes compile the same programs again; a
-persistent compilation cache, fresh for each session of the suite, lets them reuse what an earlier
-one compiled (the same executables, so the same numbers).
+persistent compilation cache, fresh for each session of the suite (each pytest-xdist worker of
+`make test` has its own), lets them reuse what an earlier one compiled (the same executables, so the
+same numbers).
 """
 
 import atexit
