@@ -9,6 +9,7 @@ CIFAR-10 copies skip when ../shared/data is absent.
 import logging
 import os
 import pathlib
+import queue
 import subprocess
 import sys
 import threading
@@ -485,6 +486,31 @@ def test_a_prefetch_read_on_after_its_first_reader_ended_says_so():
     with pytest.raises(RuntimeError, match="first_reader, the thread that first read it, ended"):
         for _ in range(10):  # at most the one batch already made comes first
             next(batches)
+
+
+def test_a_prefetch_whose_producer_ended_while_its_reader_waited_yields_every_batch(monkeypatch):
+    """The reader's wait times out, then the producer puts its last batches and ends before the
+    reader looks at it: the batches it left are still read, with no error."""
+
+    class QueueThatTimesOutOnce(queue.Queue):
+        timed_out = False
+
+        def get(self, block=True, timeout=None):
+            if not QueueThatTimesOutOnce.timed_out:
+                QueueThatTimesOutOnce.timed_out = True
+                for thread in threading.enumerate():
+                    if thread.name == "prefetch_to_mesh":
+                        thread.join()
+                raise queue.Empty
+            return super().get(block, timeout)
+
+    monkeypatch.setattr(
+        pipeline, "queue", types.SimpleNamespace(Queue=QueueThatTimesOutOnce, Empty=queue.Empty)
+    )
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    host_batches = [{"image": np.full((8, 2), k, np.uint8)} for k in range(2)]
+    fed = list(data.prefetch_to_mesh(iter(host_batches), mesh, size=3))  # all of it, and the end
+    assert [int(batch["image"][0, 0]) for batch in fed] == [0, 1]
 
 
 def test_a_prefetch_left_open_neither_holds_the_process_nor_stops_early():

@@ -409,7 +409,8 @@ def _prefetch(iterator, sharding: NamedSharding, size: int):
             try:
                 item = ready.get(timeout=0.1)
             except queue.Empty:
-                if producer.is_alive():
+                # What a producer put before it ended is all there once it has ended.
+                if producer.is_alive() or not ready.empty():
                     continue
                 raise RuntimeError(
                     f"prefetch_to_mesh: stopped when {consumer.name}, the thread that first read "
