@@ -31,9 +31,10 @@ lint: install-test
 	$(PY) -m ruff check alignmix_jax experiments tests benchmarks
 
 # The suite and the two install checks run side by side (each install check builds its own venv);
-# make prints each one's output whole when it ends.
+# a GNU make that can (4.0 on) prints each one's output whole when it ends.
+OUTPUT_SYNC := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 test: lint
-	$(MAKE) --jobs=3 --output-sync=target suite check-base-install rehearse-gpu
+	$(MAKE) --jobs=3 $(OUTPUT_SYNC) suite check-base-install rehearse-gpu
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each taking a whole test file at a time
 # so that a file's shared runs (the two-host run, the killed run) are made once: one process alone
